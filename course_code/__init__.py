@@ -1,0 +1,39 @@
+"""Companion package of the course *Variational Autoencoders, Exactly*.
+
+Chapters import the modules by name (``from course_code import objectives, plots``)
+and start with :func:`setup`, which makes every run of a notebook print the same numbers.
+"""
+
+import os
+import random
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "setup"]
+
+
+def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False) -> None:
+    """Seed every generator, switch on deterministic algorithms, set the plot style and print versions.
+
+    Call it once at the top of a notebook. ``threads`` fixes torch's intra-op thread count
+    (default: 2, or ``COURSE_THREADS``) so that floating-point sums are done in the same order
+    on every run.
+    """
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads or int(os.environ.get("COURSE_THREADS", "2")))
+    torch.set_printoptions(precision=4, sci_mode=False)
+    np.set_printoptions(precision=4, suppress=True)
+    try:
+        from course_code import plots
+
+        plots.use_style()
+    except ImportError:  # matplotlib missing: the math still works
+        pass
+    if not quiet:
+        print(f"course_code {__version__} · torch {torch.__version__} · seed {seed}")

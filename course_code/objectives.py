@@ -1,0 +1,129 @@
+"""The evidence lower bound, its weighted variants, and importance-sampled bounds on log p(x) (chapters 2, 4, 6).
+
+A model enters these functions through two things only: the parameters ``(mu, logvar)`` of
+the diagonal Gaussian q(z|x), and a function ``log_lik(x, z)`` that returns log p(x|z) with
+shape ``(K, B)`` for samples ``z`` of shape ``(K, B, d)``. The prior is N(0, I) throughout.
+"""
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from course_code.distributions import (
+    kl_normal_per_dim,
+    log_normal,
+    log_standard_normal,
+    reparameterize,
+)
+
+LogLik = Callable[[Tensor, Tensor], Tensor]
+
+
+class ElboTerms(NamedTuple):
+    """The ELBO of each datapoint and its two parts, all shape ``(B,)``; ``elbo = rec - kl``."""
+
+    elbo: Tensor
+    rec: Tensor
+    kl: Tensor
+    kl_per_dim: Tensor | None  # (B, d) when the KL is analytic, else None
+
+
+def _check_q(x: Tensor, mu: Tensor, logvar: Tensor) -> None:
+    if mu.shape != logvar.shape:
+        raise ValueError(f"mu has shape {tuple(mu.shape)} but logvar has shape {tuple(logvar.shape)}")
+    if mu.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"x has batch shape {tuple(x.shape[:-1])} but q has batch shape {tuple(mu.shape[:-1])}")
+
+
+def elbo(
+    log_lik: LogLik,
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    n_samples: int = 1,
+    analytic_kl: bool = True,
+    generator: torch.Generator | None = None,
+) -> ElboTerms:
+    """Monte Carlo ELBO with K samples: E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)) (eq. `eq-elbo-rec-kl`).
+
+    With ``analytic_kl=False`` the KL is estimated from the same samples, E_q[log q(z|x) − log p(z)].
+    """
+    _check_q(x, mu, logvar)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    z = reparameterize(mu, logvar, n_samples, generator)  # (K, B, d)
+    rec = log_lik(x, z).mean(0)
+    if analytic_kl:
+        kl_per_dim = kl_normal_per_dim(mu, logvar)
+        kl = kl_per_dim.sum(-1)
+    else:
+        kl_per_dim = None
+        kl = (log_normal(z, mu, logvar) - log_standard_normal(z)).mean(0)
+    return ElboTerms(rec - kl, rec, kl, kl_per_dim)
+
+
+def weighted_loss(terms: ElboTerms, beta: float = 1.0, free_bits: float = 0.0) -> Tensor:
+    """Training loss −(E[rec] − β·KL), averaged over the batch (eqs. `eq-beta-elbo`, `eq-free-bits`).
+
+    ``free_bits=λ > 0`` replaces the KL by Σ_j max(λ, KL_j), where KL_j is dimension j's KL
+    averaged over the batch (Kingma et al., 2016), so no dimension is pushed below λ nats.
+    """
+    if beta < 0 or free_bits < 0:
+        raise ValueError(f"beta and free_bits must be non-negative, got beta={beta}, free_bits={free_bits}")
+    if free_bits > 0:
+        if terms.kl_per_dim is None:
+            raise ValueError("free bits need the per-dimension KL: compute the ELBO with analytic_kl=True")
+        kl = terms.kl_per_dim.mean(0).clamp(min=free_bits).sum()
+    else:
+        kl = terms.kl.mean()
+    return -(terms.rec.mean() - beta * kl)
+
+
+def log_weights(
+    log_lik: LogLik, x: Tensor, mu: Tensor, logvar: Tensor, n_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for z_k ~ q(z|x); shape ``(K, B)``."""
+    _check_q(x, mu, logvar)
+    z = reparameterize(mu, logvar, n_samples, generator)
+    return log_lik(x, z) + log_standard_normal(z) - log_normal(z, mu, logvar)
+
+
+def iwae_bound(
+    log_lik: LogLik,
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    n_samples: int,
+    chunk_size: int = 500,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Importance-weighted bound log (1/K) Σ_k w_k ≤ log p(x), per datapoint (eq. `eq-iwae`).
+
+    It never holds more than ``chunk_size`` samples per datapoint in memory: the log-sum-exp of
+    each chunk is combined with the others by one more log-sum-exp. For large K this is the
+    importance-sampled estimate of log p(x) used throughout the course.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    partial = []
+    for start in range(0, n_samples, chunk_size):
+        k = min(chunk_size, n_samples - start)
+        partial.append(torch.logsumexp(log_weights(log_lik, x, mu, logvar, k, generator), dim=0))
+    return torch.logsumexp(torch.stack(partial), dim=0) - math.log(n_samples)
+
+
+@torch.no_grad()
+def log_px_estimate(
+    log_lik: LogLik,
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    n_samples: int = 1000,
+    chunk_size: int = 500,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Importance-sampled estimate of log p(x) with q(z|x) as the proposal, no gradients (eq. `eq-log-px-is`)."""
+    return iwae_bound(log_lik, x, mu, logvar, n_samples, chunk_size, generator)

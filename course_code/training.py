@@ -1,0 +1,170 @@
+"""Training: one plain loop over in-memory tensors, KL-weight schedules, and saving/loading (chapter 4).
+
+The whole dataset sits in one tensor; each epoch draws a random permutation and slices
+minibatches from it, which on small data is much faster than a ``DataLoader``.
+"""
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from course_code import models
+from course_code.data import binarize as binarize_pixels
+
+Schedule = Callable[[int], float]  # step -> KL weight
+
+
+def constant(weight: float = 1.0) -> Schedule:
+    """A KL weight that never changes (β = ``weight``)."""
+    return lambda step: weight
+
+
+def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Schedule:
+    """KL annealing: the weight rises linearly from ``start`` to ``end`` over ``steps`` updates, then stays."""
+    if steps <= 0:
+        raise ValueError(f"warm-up needs a positive number of steps, got {steps}")
+    return lambda step: start + (end - start) * min(step / steps, 1.0)
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Index tensors of a fresh random permutation of ``range(n)``, ``batch_size`` at a time."""
+    order = torch.randperm(n, generator=generator)
+    yield from order.split(batch_size)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars are on by default, off when ``COURSE_PROGRESS=0`` (set by the test and execution scripts)."""
+    if progress is not None:
+        return progress
+    return os.environ.get("COURSE_PROGRESS", "1") != "0"
+
+
+def progress_bar(iterable, total: int, desc: str, enabled: bool):
+    """A tqdm bar (notebook widget in Jupyter) when enabled, else the bare iterable."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr)
+
+
+def check_finite(loss: Tensor, epoch: int, step: int, lr: float) -> None:
+    """Stop training with a useful message as soon as the loss is NaN or infinite."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"the loss became {loss.item()} at epoch {epoch}, step {step}. Try a smaller learning rate "
+            f"(now {lr:g}), check the data for NaN values and the pixel range, or use logits instead of "
+            "probabilities in the likelihood."
+        )
+
+
+def fit(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    epochs: int = 50,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    beta: float | Schedule = 1.0,
+    free_bits: float = 0.0,
+    n_samples: int = 1,
+    x_test: Tensor | None = None,
+    dynamic_binarization: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> dict[str, list[float]]:
+    """Train ``model`` on the rows of ``x`` with Adam; return the per-epoch history.
+
+    ``beta`` is a KL weight or a schedule (a function of the update step). With
+    ``dynamic_binarization`` each epoch trains on a fresh Bernoulli draw of the grey levels.
+    The history holds, per epoch, the batch averages of the model's statistics (for a VAE:
+    ``elbo``, ``rec``, ``kl``), the mean ``kl_weight``, the cumulative wall ``time`` in seconds
+    and, given ``x_test``, ``test_elbo``. The same seed gives bit-for-bit the same run.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if len(x) == 0:
+        raise ValueError("the training set is empty")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got epochs={epochs}, batch_size={batch_size}")
+    schedule = beta if callable(beta) else constant(beta)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device)
+    x = x.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history: dict[str, list[float]] = {}
+    step, start = 0, time.perf_counter()
+    for epoch in progress_bar(range(1, epochs + 1), epochs, type(model).__name__, show_progress(progress)):
+        model.train()
+        x_epoch = binarize_pixels(x, "dynamic", generator=generator) if dynamic_binarization else x
+        sums: dict[str, float] = {}
+        weights = 0.0
+        for idx in minibatches(len(x), batch_size, generator):
+            weight = schedule(step)
+            loss, stats = model.loss(x_epoch[idx], beta=weight, free_bits=free_bits, n_samples=n_samples)
+            check_finite(loss, epoch, step, lr)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value * len(idx)
+            weights += weight * len(idx)
+            step += 1
+        record = {key: total / len(x) for key, total in sums.items()}
+        record["kl_weight"] = weights / len(x)
+        record["time"] = time.perf_counter() - start
+        if x_test is not None:
+            record["test_elbo"] = evaluate(model, x_test.to(device))["elbo"]
+        for key, value in record.items():
+            history.setdefault(key, []).append(value)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, batch_size: int = 1000) -> dict[str, float]:
+    """The model's statistics averaged over ``x`` (for a VAE: ``elbo``, ``rec``, ``kl`` in nats), without gradients."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    for chunk in x.split(batch_size):
+        _, stats = model.loss(chunk)
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + value * len(chunk)
+    model.train(was_training)
+    return {key: total / len(x) for key, total in sums.items()}
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Save the model's class, configuration and weights; written to a temporary file, then renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"class": type(model).__name__, "config": model.config, "state": model.state_dict()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save`."""
+    checkpoint = torch.load(Path(path), map_location=device, weights_only=True)
+    cls = models.MODELS.get(checkpoint.get("class"))
+    if cls is None:
+        raise ValueError(f"{path} holds an unknown model class {checkpoint.get('class')!r}")
+    model = cls(**checkpoint["config"])
+    model.load_state_dict(checkpoint["state"])
+    return model.to(device).eval()
