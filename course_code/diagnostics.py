@@ -1,0 +1,75 @@
+"""How much a VAE uses its latent code: active units, mutual information, aggregated-posterior KL (chapters 2, 4, 6).
+
+Every function takes the encoder's outputs over a dataset, ``mu`` and ``logvar`` of shape (N, d).
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from course_code.distributions import kl_normal_per_dim, log_normal, log_standard_normal, reparameterize
+
+
+def unit_variances(mu: Tensor) -> Tensor:
+    """Var_x(E_q[z_j]) for each latent dimension j: how much the posterior mean moves with the data; shape (d,)."""
+    if mu.ndim != 2 or len(mu) < 2:
+        raise ValueError(f"mu must have shape (N, d) with N ≥ 2, got {tuple(mu.shape)}")
+    return mu.var(dim=0)
+
+
+def active_units(mu: Tensor, threshold: float = 0.01) -> int:
+    """The number of dimensions with Var_x(E_q[z_j]) > threshold (Burda et al., 2016; chapter 4)."""
+    return int((unit_variances(mu) > threshold).sum())
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(q(z_j|x) ‖ N(0, 1)) averaged over the data, for each dimension j; shape (d,)."""
+    return kl_normal_per_dim(mu, logvar).mean(0)
+
+
+def _log_aggregate(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log q(z) = log (1/N) Σ_n q(z|x_n) for points z of shape (M, d): shape (M,)."""
+    return torch.logsumexp(log_normal(z[:, None, :], mu[None], logvar[None]), dim=1) - math.log(len(mu))
+
+
+def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """I_q(x; z) = E_x E_q[log q(z|x) − log q(z)], q(z) the mixture of the batch's posteriors (He et al., 2019).
+
+    One z_n is drawn from each q(z|x_n) and both log-densities are taken at it, so an encoder that
+    ignores x scores exactly 0 and one that identifies every datapoint scores log N (eq. `eq-mi`).
+    """
+    z = reparameterize(mu, logvar, generator=generator)
+    return (log_normal(z, mu, logvar) - _log_aggregate(z, mu, logvar)).mean()
+
+
+def aggregate_kl(mu: Tensor, logvar: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    """KL(q(z) ‖ p(z)) for the aggregated posterior q(z) = (1/N) Σ_n q(z|x_n), by Monte Carlo (chapter 2)."""
+    z = reparameterize(mu, logvar, n_samples, generator).reshape(-1, mu.shape[-1])
+    return (_log_aggregate(z, mu, logvar) - log_standard_normal(z)).mean()
+
+
+def surgery_on_grid(mu: Tensor, logvar: Tensor, limit: float | None = None, n_points: int = 4001) -> dict[str, Tensor]:
+    """The three terms of ELBO surgery for a 1-D latent, by quadrature (chapter 2, eq. `eq-elbo-surgery`).
+
+    Returns ``mean_kl`` = E_x[KL(q(z|x) ‖ p(z))] in closed form, and ``mutual_information`` = I_q(x; z)
+    and ``aggregate_kl`` = KL(q(z) ‖ p(z)) integrated on a grid over [−limit, limit] (by default wide
+    enough for every posterior); the identity says the first is the sum of the others.
+    """
+    mu, logvar = mu.reshape(len(mu), -1), logvar.reshape(len(logvar), -1)
+    if mu.shape[-1] != 1:
+        raise ValueError(f"surgery_on_grid needs a 1-D latent, got d={mu.shape[-1]}")
+    if limit is None:  # wide enough that every posterior and the prior have negligible mass outside
+        limit = max(8.0, (mu.abs() + 10 * torch.exp(0.5 * logvar)).max().item())
+    z = torch.linspace(-limit, limit, n_points, dtype=mu.dtype)[:, None]  # (G, 1)
+    dz = 2 * limit / (n_points - 1)
+    log_q_n = log_normal(z[:, None, :], mu[None], logvar[None])  # (G, N)
+    log_q = torch.logsumexp(log_q_n, dim=1) - math.log(len(mu))  # (G,)
+    q_n = torch.exp(log_q_n)
+    mutual_information = (q_n * (log_q_n - log_q[:, None])).sum(0).mean() * dz
+    aggregate_kl = (torch.exp(log_q) * (log_q - log_standard_normal(z))).sum() * dz
+    return {
+        "mean_kl": kl_normal_per_dim(mu, logvar).sum(-1).mean(),
+        "mutual_information": mutual_information,
+        "aggregate_kl": aggregate_kl,
+    }

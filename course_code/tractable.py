@@ -1,0 +1,144 @@
+"""Models where log p(x) and the posterior are known: the ground truth that lets chapters measure gaps exactly.
+
+- :class:`LinearGaussian`: p(z) = N(0, I), p(x|z) = N(Wz + b, σ²I) — probabilistic PCA, every
+  quantity in closed form (chapter 2).
+- :class:`GridModel`: any decoder with a 1-D or 2-D latent, integrated by quadrature on a grid
+  (chapters 5 and 6).
+"""
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from course_code.distributions import LOG_2PI, kl_standard_normal, log_normal, log_standard_normal
+
+
+class LinearGaussian:
+    """p(z) = N(0, I_d), p(x|z) = N(x; Wz + b, σ² I_D) with W of shape (D, d) (chapter 2)."""
+
+    def __init__(self, W: Tensor, b: Tensor, logvar_x: float):
+        if W.ndim != 2 or b.shape != (W.shape[0],):
+            raise ValueError(f"W must be (D, d) and b must be (D,); got W {tuple(W.shape)}, b {tuple(b.shape)}")
+        self.W, self.b, self.logvar_x = W, b, float(logvar_x)
+        self.x_dim, self.z_dim = W.shape
+        self.var_x = math.exp(self.logvar_x)
+
+    @classmethod
+    def random(cls, x_dim: int = 2, z_dim: int = 2, noise_std: float = 0.5, seed: int = 0) -> "LinearGaussian":
+        """A model with standard-normal W and b drawn from a seeded generator, in float64."""
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(x_dim, z_dim, generator=g, dtype=torch.float64)
+        b = torch.randn(x_dim, generator=g, dtype=torch.float64)
+        return cls(W, b, 2 * math.log(noise_std))
+
+    def precision(self) -> Tensor:
+        """Λ = I + WᵀW/σ², the precision of the exact posterior (the same for every x)."""
+        return torch.eye(self.z_dim, dtype=self.W.dtype) + self.W.T @ self.W / self.var_x
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The exact posterior p(z|x) = N(m(x), Σ): means of shape (B, d) and the shared covariance Σ = Λ⁻¹."""
+        cov = torch.linalg.inv(self.precision())
+        return (x - self.b) @ self.W @ cov / self.var_x, cov
+
+    def log_px(self, x: Tensor) -> Tensor:
+        """Exact log p(x) = log N(x; b, WWᵀ + σ²I), per datapoint."""
+        C = self.W @ self.W.T + self.var_x * torch.eye(self.x_dim, dtype=self.W.dtype)
+        L = torch.linalg.cholesky(C)
+        r = torch.linalg.solve_triangular(L, (x - self.b).T, upper=False)  # (D, B)
+        logdet = 2 * torch.log(torch.diagonal(L)).sum()
+        return -0.5 * (self.x_dim * LOG_2PI + logdet + (r**2).sum(0))
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) for z of shape (K, B, d): shape (K, B)."""
+        return log_normal(x, z @ self.W.T + self.b, self.logvar_x)
+
+    def best_diagonal_q(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The diagonal Gaussian closest to p(z|x) in KL(q ‖ p): mean m(x), variances 1/Λ_jj (chapter 2)."""
+        mean, _ = self.posterior(x)
+        logvar = -torch.log(torch.diagonal(self.precision()))
+        return mean, logvar.expand_as(mean)
+
+    def elbo(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """The exact ELBO of q = N(μ, diag σ²): E_q[log p(x|z)] − KL(q ‖ p(z)) in closed form (eq. `eq-elbo-rec-kl`)."""
+        residual = x - self.b - mu @ self.W.T
+        trace = (torch.exp(logvar) * (self.W**2).sum(0)).sum(-1)  # tr(WᵀW diag σ²)
+        rec = -0.5 * (self.x_dim * (LOG_2PI + self.logvar_x) + ((residual**2).sum(-1) + trace) / self.var_x)
+        return rec - kl_standard_normal(mu, logvar)
+
+    def kl_to_posterior(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """KL(q ‖ p(z|x)) for q = N(μ, diag σ²), in closed form: the gap log p(x) − ELBO (chapter 2)."""
+        mean, cov = self.posterior(x)
+        precision = self.precision()
+        diff = mean - mu
+        return 0.5 * (
+            (torch.diagonal(precision) * torch.exp(logvar)).sum(-1)
+            + ((diff @ precision) * diff).sum(-1)
+            - self.z_dim
+            + torch.logdet(cov)
+            - logvar.sum(-1)
+        )
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw n pairs (x, z) from the joint p(z) p(x|z)."""
+        z = torch.randn(n, self.z_dim, generator=generator, dtype=self.W.dtype)
+        noise = torch.randn(n, self.x_dim, generator=generator, dtype=self.W.dtype)
+        return z @ self.W.T + self.b + math.sqrt(self.var_x) * noise, z
+
+
+LogLik = Callable[[Tensor, Tensor], Tensor]
+
+
+class GridModel:
+    """Quadrature for a model p(z) p(x|z) with a 1-D or 2-D latent, given any ``log_lik(x, z)`` (chapters 5, 6).
+
+    log p(x), the posterior and its mean are computed on a regular grid over [−limit, limit]^d;
+    the ELBO of a Gaussian q by Gauss–Hermite quadrature, so it is differentiable in (μ, log σ²).
+    """
+
+    def __init__(self, log_lik: LogLik, z_dim: int = 1, limit: float = 5.0, n_points: int | None = None, n_hermite: int = 40):
+        if z_dim not in (1, 2):
+            raise ValueError(f"quadrature on a grid is for 1-D or 2-D latents, got z_dim={z_dim}")
+        n_points = n_points or (801 if z_dim == 1 else 121)
+        self.log_lik, self.z_dim = log_lik, z_dim
+        axis = torch.linspace(-limit, limit, n_points, dtype=torch.float64)
+        self.log_cell = z_dim * math.log(2 * limit / (n_points - 1))
+        self.grid = torch.cartesian_prod(*[axis] * z_dim).reshape(-1, z_dim)
+        nodes, weights = np.polynomial.hermite_e.hermegauss(n_hermite)  # ∫ f(t) exp(−t²/2) dt
+        t = torch.cartesian_prod(*[torch.from_numpy(nodes)] * z_dim).reshape(-1, z_dim)
+        w = torch.from_numpy(weights / math.sqrt(2 * math.pi))
+        self.hermite_nodes = t
+        self.hermite_weights = torch.cartesian_prod(*[w] * z_dim).reshape(-1, z_dim).prod(-1)
+
+    def _evaluate(self, x: Tensor, z: Tensor, chunk_elements: int = 2**22) -> Tensor:
+        """log p(x|z) for points z of shape (G, B, d), G split into chunks to bound memory; shape (G, B)."""
+        rows = max(1, chunk_elements // max(1, x.shape[0] * x.shape[-1]))
+        return torch.cat([self.log_lik(x, chunk) for chunk in z.split(rows)])
+
+    @torch.no_grad()
+    def log_joint(self, x: Tensor) -> Tensor:
+        """log p(x, z_g) on every grid point z_g: shape (G, B)."""
+        grid = self.grid.to(x.dtype)
+        z = grid[:, None, :].expand(len(grid), x.shape[0], self.z_dim)
+        return self._evaluate(x, z) + log_standard_normal(grid)[:, None]
+
+    def log_px(self, x: Tensor) -> Tensor:
+        """log p(x) = log ∫ p(x|z) p(z) dz by quadrature on the grid, per datapoint."""
+        return torch.logsumexp(self.log_joint(x), dim=0) + self.log_cell
+
+    def posterior_weights(self, x: Tensor) -> Tensor:
+        """p(z_g|x) × cell volume for every grid point: shape (B, G), rows sum to one."""
+        return torch.softmax(self.log_joint(x), dim=0).T
+
+    def posterior_mean(self, x: Tensor) -> Tensor:
+        """E_{p(z|x)}[z] by quadrature: shape (B, d)."""
+        return self.posterior_weights(x) @ self.grid.to(x.dtype)
+
+    def elbo(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """ELBO of q = N(μ, diag σ²): E_q[log p(x|z)] by Gauss–Hermite quadrature minus the closed-form KL."""
+        t = self.hermite_nodes.to(mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * t[:, None, :]  # (H, B, d)
+        rec = (self.hermite_weights.to(mu.dtype)[:, None] * self._evaluate(x, z)).sum(0)
+        return rec - kl_standard_normal(mu, logvar)

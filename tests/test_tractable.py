@@ -1,0 +1,136 @@
+"""The tractable models against independent answers: Gaussian conditioning, torch.distributions, Monte Carlo."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+from course_code import objectives
+from course_code.tractable import GridModel, LinearGaussian
+
+
+@pytest.fixture
+def model():
+    return LinearGaussian.random(x_dim=4, z_dim=2, noise_std=0.7, seed=3)
+
+
+@pytest.fixture
+def x(model):
+    return model.sample(6, torch.Generator().manual_seed(0))[0]
+
+
+def marginal_cov(model):
+    return model.W @ model.W.T + model.var_x * torch.eye(model.x_dim, dtype=torch.float64)
+
+
+def test_log_px_is_the_gaussian_marginal(model, x):
+    expected = MultivariateNormal(model.b, marginal_cov(model)).log_prob(x)
+    torch.testing.assert_close(model.log_px(x), expected)
+
+
+def test_posterior_matches_gaussian_conditioning(model, x):
+    # Condition the joint Gaussian of (z, x): mean Wᵀ C⁻¹ (x − b), covariance I − Wᵀ C⁻¹ W.
+    C_inv = torch.linalg.inv(marginal_cov(model))
+    mean, cov = model.posterior(x)
+    torch.testing.assert_close(mean, (x - model.b) @ C_inv @ model.W)
+    torch.testing.assert_close(cov, torch.eye(2, dtype=torch.float64) - model.W.T @ C_inv @ model.W)
+
+
+def test_elbo_with_the_exact_posterior_is_log_px():
+    # Orthogonal columns make the exact posterior diagonal, so a diagonal q can equal it.
+    Q, _ = torch.linalg.qr(torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    model = LinearGaussian(Q * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64), torch.zeros(5, dtype=torch.float64), math.log(0.3))
+    x, _ = model.sample(7, torch.Generator().manual_seed(2))
+    mean, cov = model.posterior(x)
+    assert torch.allclose(cov, torch.diag(torch.diagonal(cov)))
+    logvar = torch.log(torch.diagonal(cov)).expand_as(mean)
+    torch.testing.assert_close(model.elbo(x, mean, logvar), model.log_px(x), rtol=0, atol=1e-10)
+
+
+def test_gap_is_kl_to_the_posterior_for_any_q(model, x):
+    g = torch.Generator().manual_seed(4)
+    mu = torch.randn(6, 2, dtype=torch.float64, generator=g)
+    logvar = torch.randn(6, 2, dtype=torch.float64, generator=g)
+    mean, cov = model.posterior(x)
+    q = MultivariateNormal(mu, torch.diag_embed(torch.exp(logvar)))
+    kl = kl_divergence(q, MultivariateNormal(mean, cov))
+    torch.testing.assert_close(model.kl_to_posterior(x, mu, logvar), kl)
+    torch.testing.assert_close(model.log_px(x) - model.elbo(x, mu, logvar), kl)
+    assert (model.elbo(x, mu, logvar) < model.log_px(x)).all()
+
+
+def test_closed_form_elbo_matches_monte_carlo(model, x):
+    mu, logvar = torch.zeros(6, 2, dtype=torch.float64), torch.full((6, 2), -0.5, dtype=torch.float64)
+    mc = objectives.elbo(model.log_likelihood, x, mu, logvar, n_samples=200_000, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(mc.elbo, model.elbo(x, mu, logvar), rtol=0, atol=0.06)
+
+
+def test_best_diagonal_q_is_optimal_and_its_gap_has_the_closed_form(model, x):
+    mu, logvar = model.best_diagonal_q(x)
+    mu, logvar = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
+    model.elbo(x, mu, logvar).sum().backward()
+    assert mu.grad.abs().max() < 1e-10 and logvar.grad.abs().max() < 1e-10
+    # For a Gaussian posterior with precision Λ, the best factorized q leaves ½(Σ log Λ_jj − log det Λ).
+    precision = model.precision()
+    gap = 0.5 * (torch.log(torch.diagonal(precision)).sum() - torch.logdet(precision))
+    torch.testing.assert_close(model.kl_to_posterior(x, mu.detach(), logvar.detach()), gap.expand(6))
+    assert gap > 0.01  # this posterior is correlated, so the gap cannot close
+
+
+def test_iwae_bound_rises_with_k_towards_log_px(model, x):
+    mu, logvar = torch.zeros(6, 2, dtype=torch.float64), torch.zeros(6, 2, dtype=torch.float64)  # q = prior
+    bounds = [
+        torch.stack([objectives.iwae_bound(model.log_likelihood, x, mu, logvar, k, generator=torch.Generator().manual_seed(s))
+                     for s in range(20)]).mean()
+        for k in (1, 10, 100, 1000)
+    ]
+    assert all(a < b for a, b in zip(bounds, bounds[1:]))
+    exact = model.log_px(x).mean()
+    assert bounds[-1] < exact + 0.01 and exact - bounds[-1] < 0.05
+
+
+def test_grid_model_reproduces_the_linear_gaussian(model, x):
+    grid = GridModel(model.log_likelihood, z_dim=2, limit=7.0, n_points=161)
+    torch.testing.assert_close(grid.log_px(x), model.log_px(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(grid.posterior_mean(x), model.posterior(x)[0], rtol=0, atol=1e-6)
+    mu, logvar = model.best_diagonal_q(x)
+    torch.testing.assert_close(grid.elbo(x, mu, logvar), model.elbo(x, mu, logvar), rtol=0, atol=1e-8)
+
+
+def nonlinear_log_lik(x, z):
+    """A 1-D latent decoded through a nonlinearity: x ~ N((sin 2z, z²/2 − 1), 0.3²)."""
+    mean = torch.stack([torch.sin(2 * z[..., 0]), 0.5 * z[..., 0] ** 2 - 1], dim=-1)
+    return Normal(mean, 0.3).log_prob(x).sum(-1)
+
+
+def test_grid_log_px_agrees_with_large_k_importance_sampling():
+    grid = GridModel(nonlinear_log_lik, z_dim=1, limit=6.0)
+    x = torch.tensor([[0.5, -0.8], [-0.9, 0.4], [0.0, -1.0]], dtype=torch.float64)
+    weights = grid.posterior_weights(x)
+    mean = weights @ grid.grid
+    var = weights @ grid.grid**2 - mean**2
+    # A proposal wider than the posterior keeps the importance weights well behaved.
+    estimate = objectives.log_px_estimate(nonlinear_log_lik, x, mean, torch.log(4 * var), n_samples=50_000,
+                                          generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(grid.log_px(x), estimate, rtol=0, atol=0.03)
+
+
+def test_grid_elbo_matches_monte_carlo_and_is_differentiable():
+    grid = GridModel(nonlinear_log_lik, z_dim=1)
+    x = torch.tensor([[0.5, -0.8]], dtype=torch.float64)
+    mu = torch.tensor([[0.3]], dtype=torch.float64, requires_grad=True)
+    logvar = torch.tensor([[-1.0]], dtype=torch.float64, requires_grad=True)
+    exact = grid.elbo(x, mu, logvar)
+    mc = objectives.elbo(nonlinear_log_lik, x, mu, logvar, n_samples=400_000, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(exact, mc.elbo, rtol=0, atol=0.01)
+    exact.sum().backward()
+    assert torch.isfinite(mu.grad).all() and mu.grad.abs().sum() > 0
+    assert (exact <= grid.log_px(x)).all()
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        GridModel(nonlinear_log_lik, z_dim=3)
+    with pytest.raises(ValueError, match=r"W must be \(D, d\)"):
+        LinearGaussian(torch.zeros(3), torch.zeros(3), 0.0)
