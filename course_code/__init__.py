@@ -9,7 +9,7 @@ import random
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "setup"]
+__all__ = ["__version__", "glue", "setup"]
 
 
 def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False) -> None:
@@ -37,3 +37,18 @@ def setup(seed: int = 0, *, threads: int | None = None, quiet: bool = False) -> 
         pass
     if not quiet:
         print(f"course_code {__version__} · torch {torch.__version__} · seed {seed}")
+
+
+def glue(name: str, value) -> None:
+    """Record ``value``'s text under ``name`` so the book's prose can quote it with {glue:text}`name`.
+
+    It writes the same hidden notebook output as ``myst_nb.glue(name, value, display=False)``, so
+    the rendered page shows the number the notebook computed, without needing myst-nb at run time.
+    """
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display
+
+    prefix = "application/papermill.record/"
+    bundle, metadata = format_display_data(value)
+    metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
+    display({prefix + key: data for key, data in bundle.items()}, raw=True, metadata=metadata)
