@@ -37,12 +37,12 @@ book: $(STAMP)          ## create .venv, install everything, build the HTML book
 	$(BIN)/jupyter-book build . --builder html
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)          ## the whole suite: strict book build, unit tests, nbval on every notebook
-	$(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
+test: $(STAMP)          ## the whole suite: strict book build, unit tests, nbval on every notebook, the browser test
+	$(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going --all
 	$(BIN)/python -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
 unit: $(STAMP)          ## the course_code unit tests alone
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --ignore=tests/test_browser.py
 
 execute: $(STAMP)       ## re-execute notebooks in place: make execute NB=book/02_elbo.ipynb
 	$(BIN)/python scripts/notebooks.py execute $(NB)
@@ -53,8 +53,9 @@ timings: $(STAMP)       ## print how long every notebook takes to execute (nothi
 student: $(STAMP)       ## the student edition: notebooks with stubbed solutions, and an HTML build without solutions
 	$(BIN)/python -m course_code.instructor student
 
-grade: $(STAMP)         ## grade a folder of submitted notebooks: make grade SUBMISSIONS=path/to/folder
-	$(BIN)/python -m course_code.instructor grade $(SUBMISSIONS)
+grade: $(STAMP)         ## grade a folder of submitted notebooks: make grade SUBMISSIONS=path/to/folder [TIMEOUT=seconds]
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=path/to/folder [TIMEOUT=seconds per notebook]" >&2; exit 2; }
+	$(BIN)/python -m course_code.instructor grade "$(SUBMISSIONS)" $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 benchmark: $(STAMP)     ## training-loop throughput against a DataLoader loop
 	$(BIN)/python benchmarks/throughput.py
