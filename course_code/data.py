@@ -12,7 +12,9 @@ The notebooks read two environment variables, so a learner can switch without ed
 
 import os
 import socket
+import urllib.request
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,10 @@ def load_mnist(source: str | os.PathLike = "download", binarize: str | None = No
         root, download = Path(source).expanduser(), False
         if not root.is_dir():
             raise DataUnavailableError(f"COURSE_MNIST points at {root}, which is not a directory.{_HOW_TO}")
+    missing = not all((root / "MNIST" / "raw" / Path(name).stem).exists() for name, _ in MNIST.resources)
+    if download and missing and not any(_answers(mirror) for mirror in MNIST.mirrors):
+        # fail at once rather than after torchvision's long timeouts on every mirror
+        raise DataUnavailableError(f"MNIST could not be downloaded: no answer from {' or '.join(MNIST.mirrors)}.{_HOW_TO}")
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
@@ -107,6 +113,17 @@ def load_mnist(source: str | os.PathLike = "download", binarize: str | None = No
         socket.setdefaulttimeout(old_timeout)
     (x_tr, y_tr), (x_te, y_te) = [(s.data.reshape(len(s.data), -1).float() / 255.0, s.targets) for s in splits]
     return _finish("mnist", x_tr, y_tr, x_te, y_te, (28, 28), binarize, seed)
+
+
+def _answers(url: str, timeout: float = 3.0) -> bool:
+    """Whether the web server at ``url`` answers within ``timeout`` seconds (any HTTP status is an answer)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, HTTPException):  # no name resolution, no route, refused, timed out
+        return False
+    return True
 
 
 _HOW_TO = (
@@ -124,3 +141,25 @@ def load(name: str | None = None, binarize: str | None = None, mnist: str | None
     if name == "mnist":
         return load_mnist(mnist or os.environ.get("COURSE_MNIST") or "download", binarize=binarize, seed=seed)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+def synthetic_one_latent(n: int, x_dim: int = 20, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Binary sequences from a model with one latent factor, and the factor behind each (chapter 6).
+
+    z ~ N(0, 1); then, left to right, x_i ~ Bernoulli(σ(a_i z + b_i + Σ_{j=i−3}^{i−1} W_ij x_j)). The
+    weights a, b, W are drawn once from a generator with a fixed seed, so every call samples the same
+    model and ``seed`` only draws the samples. Returns x of shape (n, x_dim) and z of shape (n, 1).
+    """
+    if n < 1 or x_dim < 1:
+        raise ValueError(f"n and x_dim must be positive, got n={n}, x_dim={x_dim}")
+    weights = torch.Generator().manual_seed(2019)
+    a = torch.randn(x_dim, generator=weights)
+    b = 0.5 * torch.randn(x_dim, generator=weights)
+    lag = torch.arange(x_dim)[:, None] - torch.arange(x_dim)[None, :]
+    W = 3**0.5 * torch.randn(x_dim, x_dim, generator=weights) * ((lag >= 1) & (lag <= 3))
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 1, generator=g)
+    x = torch.zeros(n, x_dim)
+    for i in range(x_dim):
+        x[:, i] = torch.bernoulli(torch.sigmoid(a[i] * z[:, 0] + b[i] + x @ W[i]), generator=g)
+    return x, z

@@ -13,11 +13,15 @@ from torch import Tensor
 LOG_2PI = math.log(2 * math.pi)
 
 
+class NonFiniteError(ValueError):
+    """A tensor holds NaN or infinite values (during training: a sign that the optimization diverged)."""
+
+
 def _check(name: str, t: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise NonFiniteError(f"{name} contains NaN or infinite values")
 
 
 def _check_pair(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
@@ -47,8 +51,8 @@ def reparameterize(
 
 def log_normal(x: Tensor, mu: Tensor, logvar: Tensor | float) -> Tensor:
     """log N(x; μ, diag σ²), summed over the last axis; ``logvar`` may be a float (fixed variance)."""
-    logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
     _check_pair("x", x, "mu", mu)
+    logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
     _check_pair("x", x, "logvar", logvar)
     elementwise = -0.5 * (LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))
     return elementwise.expand(torch.broadcast_shapes(x.shape, mu.shape, logvar.shape)).sum(-1)

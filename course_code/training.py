@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from course_code import models
 from course_code.data import binarize as binarize_pixels
+from course_code.distributions import NonFiniteError
 
 Schedule = Callable[[int], float]  # step -> KL weight
 
@@ -57,11 +58,15 @@ def progress_bar(iterable, total: int, desc: str, enabled: bool):
 def check_finite(loss: Tensor, epoch: int, step: int, lr: float) -> None:
     """Stop training with a useful message as soon as the loss is NaN or infinite."""
     if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"the loss became {loss.item()} at epoch {epoch}, step {step}. Try a smaller learning rate "
-            f"(now {lr:g}), check the data for NaN values and the pixel range, or use logits instead of "
-            "probabilities in the likelihood."
-        )
+        raise _diverged(f"the loss became {loss.item()}", epoch, step, lr)
+
+
+def _diverged(what: str, epoch: int, step: int, lr: float) -> FloatingPointError:
+    return FloatingPointError(
+        f"{what} at epoch {epoch}, step {step}. Try a smaller learning rate "
+        f"(now {lr:g}), check the data for NaN values and the pixel range, or use logits instead of "
+        "probabilities in the likelihood."
+    )
 
 
 def fit(
@@ -109,7 +114,10 @@ def fit(
         weights = 0.0
         for idx in minibatches(len(x), batch_size, generator):
             weight = schedule(step)
-            loss, stats = model.loss(x_epoch[idx], beta=weight, free_bits=free_bits, n_samples=n_samples)
+            try:
+                loss, stats = model.loss(x_epoch[idx], beta=weight, free_bits=free_bits, n_samples=n_samples)
+            except NonFiniteError as error:  # the network's outputs overflowed before a loss could be formed
+                raise _diverged(f"training diverged ({error})", epoch, step, lr) from error
             check_finite(loss, epoch, step, lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,209 @@
+"""course_code.data: the embedded digits, binarization, and MNIST from a local copy or (simulated) offline."""
+
+import socket
+import struct
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from course_code import data
+
+
+@pytest.fixture(autouse=True)
+def no_dataset_environment(monkeypatch):
+    monkeypatch.delenv("COURSE_DATASET", raising=False)
+    monkeypatch.delenv("COURSE_MNIST", raising=False)
+
+
+@pytest.fixture(scope="module")
+def grey():
+    return data.load_digits()
+
+
+# ---- the digits -------------------------------------------------------------------------------
+
+def test_digits_shapes_range_and_labels(grey):
+    assert grey.x_train.shape == (1437, 64) and grey.x_test.shape == (360, 64)
+    assert grey.y_train.shape == (1437,) and grey.y_test.shape == (360,)
+    assert grey.x_train.dtype == torch.float32 and grey.dim == 64 and grey.image_shape == (8, 8)
+    for x in (grey.x_train, grey.x_test):
+        assert x.min() == 0 and x.max() == 1  # the raw digits use 17 grey levels, 0 to 16
+    assert len(torch.unique(grey.x_train)) == 17
+    assert set(grey.y_train.tolist()) == set(range(10))
+    assert data.load().x_train.shape == (1437, 64)  # the default dataset
+    assert "1437 train / 360 test" in repr(grey)
+
+
+def test_split_is_seeded_and_stratified(grey):
+    again, other = data.load_digits(), data.load_digits(seed=1)
+    assert torch.equal(again.x_train, grey.x_train) and torch.equal(again.y_test, grey.y_test)
+    assert not torch.equal(other.x_train, grey.x_train)
+    from sklearn.datasets import load_digits
+
+    everything = np.sort(load_digits().data.astype(np.float32) / 16, axis=0)
+    both = torch.cat([other.x_train, other.x_test]).numpy()
+    assert np.array_equal(np.sort(both, axis=0), everything)  # a partition of all 1,797 images
+    train_share = torch.bincount(grey.y_train, minlength=10) / len(grey.y_train)
+    test_share = torch.bincount(grey.y_test, minlength=10) / len(grey.y_test)
+    assert (train_share - test_share).abs().max() < 0.01  # every class in the same proportion
+
+
+def test_threshold_binarization(grey):
+    binary = data.load_digits(binarize="threshold")
+    assert binary.binarize == "threshold"
+    for b, g in ((binary.x_train, grey.x_train), (binary.x_test, grey.x_test)):
+        assert set(b.unique().tolist()) == {0.0, 1.0}
+        assert torch.equal(b == 1, g > 0.5)
+    assert torch.equal(data.binarize(torch.tensor([0.2, 0.5, 0.7]), threshold=0.3), torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_dynamic_binarization_binarizes_the_test_set_once_and_leaves_train_grey(grey):
+    a, b = data.load_digits(binarize="dynamic"), data.load_digits(binarize="dynamic")
+    assert a.binarize == "dynamic"
+    assert torch.equal(a.x_train, grey.x_train)  # fit re-draws the training pixels every epoch
+    assert set(a.x_test.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(a.x_test, b.x_test)  # a fixed seed: the same test set every time
+    assert not torch.equal(a.x_test, data.load_digits(binarize="dynamic", seed=1).x_test)
+    # each pixel is 1 with probability equal to its grey level
+    assert abs(a.x_test.mean() - grey.x_test.mean()) < 0.01
+    assert (a.x_test[grey.x_test == 0] == 0).all() and (a.x_test[grey.x_test == 1] == 1).all()
+
+
+def test_dynamic_binarize_draws_bernoulli_pixels():
+    p = torch.full((200_000,), 0.3)
+    draw = data.binarize(p, "dynamic", generator=torch.Generator().manual_seed(0))
+    assert set(draw.unique().tolist()) == {0.0, 1.0}
+    assert abs(draw.mean().item() - 0.3) < 5 * (0.3 * 0.7 / len(p)) ** 0.5
+
+
+def test_unknown_names_are_value_errors():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'.*digits"):
+        data.load("cifar")
+    with pytest.raises(ValueError, match="unknown binarization 'otsu'"):
+        data.load("digits", binarize="otsu")
+    with pytest.raises(ValueError, match="unknown binarization 'otsu'"):
+        data.binarize(torch.zeros(3), "otsu")
+
+
+def test_the_dataset_name_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("COURSE_DATASET", "fashion")
+    with pytest.raises(ValueError, match="unknown dataset 'fashion'"):
+        data.load()
+
+
+# ---- MNIST ------------------------------------------------------------------------------------
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file as distributed by LeCun et al.: magic (0, 0, type 0x08 = ubyte, rank), big-endian sizes, bytes."""
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    """A tiny MNIST in torchvision's layout: <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = {"train": rng.integers(0, 256, (6, 28, 28)), "t10k": rng.integers(0, 256, (4, 28, 28))}
+    labels = {"train": np.arange(6) % 10, "t10k": np.array([7, 2, 1, 0])}
+    for split in ("train", "t10k"):
+        write_idx(raw / f"{split}-images-idx3-ubyte", images[split])
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels[split])
+    return tmp_path, images, labels
+
+
+def test_load_mnist_reads_a_local_copy(fake_mnist, monkeypatch):
+    root, images, labels = fake_mnist
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # a local copy never needs the network
+    mnist = data.load_mnist(root)
+    assert mnist.name == "mnist" and mnist.image_shape == (28, 28) and mnist.dim == 784
+    assert mnist.x_train.shape == (6, 784) and mnist.x_test.shape == (4, 784)
+    torch.testing.assert_close(mnist.x_train, torch.tensor(images["train"].reshape(6, 784) / 255, dtype=torch.float32))
+    assert mnist.y_test.tolist() == [7, 2, 1, 0] and mnist.y_train.tolist() == labels["train"].tolist()
+    monkeypatch.setenv("COURSE_MNIST", str(root))  # the notebooks' switch
+    monkeypatch.setenv("COURSE_DATASET", "mnist")
+    binary = data.load(binarize="threshold")
+    assert torch.equal(binary.x_test, (mnist.x_test > 0.5).float())
+
+
+def test_a_missing_directory_says_how_to_point_at_a_copy_or_return_to_the_digits(tmp_path):
+    with pytest.raises(data.DataUnavailableError, match="not a directory") as error:
+        data.load("mnist", mnist=tmp_path / "nowhere")
+    message = str(error.value)
+    assert "COURSE_MNIST=/path/to/dir" in message and "digits" in message
+
+
+def test_a_directory_without_the_mnist_files_gets_the_same_advice(tmp_path):
+    with pytest.raises(data.DataUnavailableError, match=r"MNIST was not found under") as error:
+        data.load_mnist(tmp_path)
+    assert "COURSE_MNIST" in str(error.value) and "digits" in str(error.value)
+
+
+def offline(*args, **kwargs):
+    raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Simulate a machine without network: no name resolves and no socket connects."""
+    def unresolvable(*args, **kwargs):
+        raise socket.gaierror(-3, "Temporary failure in name resolution (simulated)")
+
+    def refuse(*args, **kwargs):
+        raise OSError(101, "Network is unreachable (simulated)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(data, "MNIST_DOWNLOAD_ROOT", tmp_path / "cache")
+
+
+def test_offline_download_fails_fast_with_advice(no_network):
+    start = time.perf_counter()
+    with pytest.raises(data.DataUnavailableError, match="MNIST could not be downloaded") as error:
+        data.load("mnist", mnist="download")
+    assert time.perf_counter() - start < 20
+    message = str(error.value)
+    assert "COURSE_MNIST=/path/to/dir" in message and "digits" in message
+    assert error.value.__cause__ is None  # one message, no chained traceback from deep inside a download
+    assert error.value.__context__ is None or error.value.__suppress_context__
+
+
+def test_a_server_that_never_answers_costs_a_few_seconds_only(monkeypatch, tmp_path):
+    timeouts = []
+
+    def silent(request, timeout=None):
+        timeouts.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(urllib.request, "urlopen", silent)
+    monkeypatch.setattr(data, "MNIST_DOWNLOAD_ROOT", tmp_path)
+    with pytest.raises(data.DataUnavailableError, match="no answer from"):
+        data.load_mnist("download")
+    assert timeouts and all(t is not None and t <= 5 for t in timeouts)  # never torchvision's long waits
+
+
+def test_a_failed_download_after_the_server_answered_is_still_one_clear_message(monkeypatch, tmp_path):
+    from torchvision.datasets import mnist
+
+    class Answer:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Answer())  # the mirror answers…
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(mnist, "download_and_extract_archive", broken)  # …but the download breaks
+    monkeypatch.setattr(data, "MNIST_DOWNLOAD_ROOT", tmp_path)
+    with pytest.raises(data.DataUnavailableError, match="could not be downloaded.*Error downloading") as error:
+        data.load_mnist("download")
+    assert "COURSE_MNIST" in str(error.value)

@@ -1,0 +1,86 @@
+"""python -m course_code.train: a short run on the digits, its outputs, and the offline-MNIST message."""
+
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from course_code import data, models, train, training
+
+
+@pytest.fixture(autouse=True)
+def quiet_and_restored(monkeypatch):
+    monkeypatch.setenv("COURSE_PROGRESS", "0")
+    monkeypatch.setenv("COURSE_THREADS", "1")  # a tiny model: one thread is faster, even on a busy machine
+    monkeypatch.delenv("COURSE_MNIST", raising=False)
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+
+
+def run(tmp_path, *extra):
+    return train.main(["--epochs", "2", "--hidden", "32", "--iw-samples", "20", "--out", str(tmp_path), *extra])
+
+
+def nats(name: str, out: str) -> float:
+    return float(re.search(rf"{re.escape(name)}\s+(-?\d+\.\d+) nats", out).group(1))
+
+
+@pytest.mark.parametrize("binarize", ["dynamic", "threshold"])
+def test_a_short_run_on_the_digits_reports_and_saves(tmp_path, capsys, binarize):
+    assert run(tmp_path, "--binarize", binarize) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no progress bar under COURSE_PROGRESS=0
+    elbo, log_px = nats("test ELBO", captured.out), nats("test log p(x)", captured.out)
+    assert -64 * 0.7 < elbo < 0  # better than coin flips (64 ln 2 ≈ 44 nats), worse than perfect
+    assert elbo < log_px < 0  # the importance-sampled estimate tightens the bound (K = 20)
+    assert "K = 20" in captured.out and f"binarize='{binarize}'" in captured.out
+    model = training.load(tmp_path / "model.pt")
+    assert isinstance(model, models.VAE) and model.config["hidden"] == (32,) and model.z_dim == 2
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_same_seed_gives_the_same_report(tmp_path, capsys):
+    run(tmp_path / "a", "--seed", "3", "--epochs", "1")
+    first = capsys.readouterr().out.replace(str(tmp_path / "a"), "")
+    run(tmp_path / "b", "--seed", "3", "--epochs", "1")
+    assert capsys.readouterr().out.replace(str(tmp_path / "b"), "") == first
+
+
+def test_progress_bars_when_asked(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COURSE_PROGRESS", "1")
+    run(tmp_path, "--epochs", "1")
+    err = capsys.readouterr().err
+    assert "VAE" in err and "log p(x)" in err
+
+
+def test_offline_mnist_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known (simulated)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(data, "MNIST_DOWNLOAD_ROOT", tmp_path / "cache")
+    assert run(tmp_path / "out", "--dataset", "mnist") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: MNIST could not be downloaded")
+    assert "--data-dir" in err and "--dataset digits" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_data_dir_is_the_same_kind_of_error(tmp_path, capsys):
+    assert run(tmp_path, "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a directory" in err and "--data-dir" in err
+
+
+@pytest.mark.parametrize(
+    "argv", [["--data-dir", "x"], ["--epochs", "0"], ["--dataset", "cifar"], ["--iw-samples", "-5"]],
+    ids=["data-dir-without-mnist", "zero-epochs", "unknown-dataset", "negative-samples"],
+)
+def test_bad_arguments_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2 and "usage:" in capsys.readouterr().err
