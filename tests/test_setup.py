@@ -52,3 +52,10 @@ def test_deterministic_algorithms_and_thread_count(monkeypatch):
     monkeypatch.setenv("COURSE_THREADS", "2")
     course_code.setup(quiet=True)
     assert torch.get_num_threads() == 2
+
+
+def test_one_thread_by_default(monkeypatch):
+    monkeypatch.delenv("COURSE_THREADS", raising=False)
+    torch.set_num_threads(2)
+    course_code.setup(quiet=True)
+    assert torch.get_num_threads() == 1
