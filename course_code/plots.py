@@ -103,3 +103,136 @@ def latent_grid_images(decode, span: float = 2.5, n: int = 10) -> Tensor:
     values = torch.linspace(-span, span, n)
     z = torch.stack(torch.meshgrid(values, values.flip(0), indexing="xy"), dim=-1).reshape(-1, 2)
     return decode(z)
+
+
+ESTIMATOR_COLORS = {"pathwise": "#1f77b4", "score function": "#d62728", "score function + baseline": "#ff7f0e"}
+
+
+def estimator_variances(x, empirical: dict, theory: dict, xlabel: str, title: str, ax=None, logx: bool = False):
+    """Measured (markers) and closed-form (lines) variances of gradient estimators against ``x``, log scale (chapter 3)."""
+    ax = _axis(ax)
+    x = np.asarray(x)
+    for name, values in theory.items():
+        ax.plot(x, np.asarray(values), "-", color=ESTIMATOR_COLORS.get(name), label=f"{name}: theory")
+    for name, values in empirical.items():
+        ax.plot(x, np.asarray(values), "o", ms=5, mfc="none", color=ESTIMATOR_COLORS.get(name), label=f"{name}: measured")
+    ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("variance of the gradient estimate")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def interpolation_images(decode, z_start: Tensor, z_end: Tensor, n: int = 10) -> Tensor:
+    """Decode ``n`` evenly spaced points on each segment z_start[i] → z_end[i]; rows of ``n`` images (chapter 4)."""
+    t = torch.linspace(0, 1, n)[None, :, None]
+    z = (1 - t) * z_start[:, None, :] + t * z_end[:, None, :]
+    return decode(z.reshape(-1, z_start.shape[-1]))
+
+
+def traversal_images(decode, z: Tensor, span: float = 2.5, n: int = 10) -> Tensor:
+    """Decode z with one coordinate at a time swept over [−span, span]; one row of ``n`` images per coordinate (chapter 4)."""
+    d = z.shape[-1]
+    values = torch.linspace(-span, span, n)
+    grid = z.reshape(1, 1, d).repeat(d, n, 1)
+    grid[torch.arange(d), :, torch.arange(d)] = values
+    return decode(grid.reshape(-1, d))
+
+
+def bound_vs_samples(ks, bounds, elbo: float, title: str = "Importance-weighted bounds", ax=None):
+    """The bound log (1/K) Σ w_k averaged over data against K (log scale), with the ELBO for reference (chapter 4)."""
+    ax = _axis(ax)
+    ax.plot(ks, bounds, "o-", color=COLORS["log_px"], label="importance-weighted bound, K samples")
+    ax.axhline(elbo, ls="--", color=COLORS["elbo"], label="ELBO (analytic KL)")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of importance samples K")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def latent_usage(history: dict, title: str = "How much the code is used", ax=None):
+    """KL, mutual information (nats, left axis) and active units (right axis) per epoch of a training history (chapter 6)."""
+    ax = _axis(ax)
+    epochs = np.arange(1, len(history["kl"]) + 1)
+    ax.plot(epochs, history["kl"], color=COLORS["kl"], label="KL(q(z|x) ‖ p(z)), training batches")
+    ax.plot(epochs, history["mi"], "--", color=COLORS["posterior"], label="mutual information $I_q(x; z)$, held out")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_ylim(bottom=0)
+    right = ax.twinx()
+    right.step(epochs, history["au"], where="mid", color=COLORS["data"], label="active units (right axis)")
+    right.set_ylabel("active units")
+    right.set_ylim(0, max(history["au"]) + 1)
+    right.grid(False)
+    lines = ax.get_lines() + right.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
+    ax.set_title(title)
+    return ax
+
+
+def posterior_mean_space(snapshots: dict, title: str = "", axes=None, limit: float | None = None):
+    """One panel per snapshot: the model posterior mean E_{p_θ(z|x)}[z] against the encoder mean μ_φ(x) (chapter 6).
+
+    ``snapshots`` maps an epoch to ``(model_mean, encoder_mean)``; points on the diagonal are exact
+    inference, points on the horizontal axis an encoder that ignores x.
+    """
+    if axes is None:
+        axes = plt.subplots(1, len(snapshots), figsize=(2.6 * len(snapshots), 2.8), sharex=True, sharey=True)[1]
+    axes = np.atleast_1d(axes)
+    if limit is None:
+        limit = 1.1 * max(float(t.abs().max()) for pair in snapshots.values() for t in pair)
+    for ax, (epoch, (model_mean, encoder_mean)) in zip(axes, snapshots.items()):
+        ax.plot([-limit, limit], [-limit, limit], color=COLORS["posterior"], lw=1, label="$\\mu_\\phi = \\mu_\\theta$")
+        ax.axhline(0.0, color=COLORS["prior"], lw=1, ls=":", label="$\\mu_\\phi = 0$")
+        ax.scatter(model_mean.cpu().numpy(), encoder_mean.cpu().numpy(), s=4, alpha=0.5, color=COLORS["data"])
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+        ax.set_title(f"epoch {epoch}")
+        ax.set_xlabel("model $\\mathrm{E}_{p_\\theta(z|x)}[z]$")
+    axes[0].set_ylabel("encoder $\\mu_\\phi(x)$")
+    axes[0].legend(loc="upper left", fontsize=7)
+    if title:
+        axes[0].figure.suptitle(title)
+    return axes
+
+
+GAP_COLORS = {"approximation gap": COLORS["posterior"], "amortization gap": COLORS["gap"]}
+
+
+def posterior_1d(z: Tensor, density: Tensor, gaussians: dict, title: str, ax=None):
+    """An exact 1-D posterior density on a grid (shaded) and Gaussian approximations {label: (mu, logvar)} over it (chapter 5)."""
+    ax = _axis(ax)
+    z, density = z.detach().cpu().flatten().numpy(), density.detach().cpu().flatten().numpy()
+    ax.fill_between(z, density, color=COLORS["posterior"], alpha=0.3, label="exact posterior $p_\\theta(z|x)$")
+    for (label, (mu, logvar)), style in zip(gaussians.items(), ("--", "-", ":")):
+        mu, var = float(mu), float(np.exp(float(logvar)))
+        ax.plot(z, np.exp(-0.5 * (z - mu) ** 2 / var) / np.sqrt(2 * np.pi * var), style, lw=1.8, label=label)
+    inside = density > 1e-3 * density.max()
+    ax.set_xlim(z[inside].min() - 0.3, z[inside].max() + 0.3)
+    ax.set_xlabel("$z$")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def gap_histogram(gaps: dict, title: str = "Gaps across datapoints", bins: int = 25, ax=None):
+    """Overlaid histograms of per-datapoint gaps {label: tensor}, in nats, with their means marked (chapter 5)."""
+    ax = _axis(ax)
+    values = {label: np.asarray(g.detach().cpu(), dtype=float) for label, g in gaps.items()}
+    edges = np.histogram_bin_edges(np.concatenate(list(values.values())), bins=bins)
+    for label, v in values.items():
+        color = GAP_COLORS.get(label)
+        ax.hist(v, bins=edges, alpha=0.55, color=color, label=f"{label} (mean {v.mean():.2f})")
+        ax.axvline(v.mean(), color=color, ls="--")
+    ax.set_xlabel("gap (nats)")
+    ax.set_ylabel("number of datapoints")
+    ax.set_title(title)
+    ax.legend()
+    return ax
