@@ -1,0 +1,127 @@
+"""Gradients of an expectation through the sampling distribution: score-function and pathwise estimators (chapter 3).
+
+For q = N(μ, σ²), applied elementwise, the estimators take the standard-normal noise ε as an
+argument (so both can be fed the same draws) and return one gradient estimate per draw, so
+that their means and variances can be measured. The closed-form variances are those of
+f(z) = z² and the derivative in μ, the chapter's worked example.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from course_code.distributions import kl_standard_normal, log_normal, reparameterize
+
+ScalarFn = Callable[[Tensor], Tensor]  # elementwise f(z)
+
+
+def _check_gaussian(mu: Tensor, sigma: Tensor, eps: Tensor) -> None:
+    for name, t in (("mu", mu), ("sigma", sigma), ("eps", eps)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if mu.shape != sigma.shape:
+        raise ValueError(f"mu has shape {tuple(mu.shape)} but sigma has shape {tuple(sigma.shape)}")
+    if eps.shape[1:] != mu.shape:
+        raise ValueError(f"eps must have shape (n_samples, *mu.shape); mu has shape {tuple(mu.shape)}, eps {tuple(eps.shape)}")
+    if (sigma <= 0).any():
+        raise ValueError("sigma must be positive")
+
+
+def score_function(f: ScalarFn, mu: Tensor, sigma: Tensor, eps: Tensor, baseline: float | Tensor = 0.0) -> tuple[Tensor, Tensor]:
+    """Per-sample score-function (REINFORCE) estimates of ∇_μ and ∇_σ of E_{N(μ,σ²)}[f(z)] (chapter 3, eq. `eq-score-function`).
+
+    For each noise draw ε (shape ``(n, *mu.shape)``), z = μ + σε and the estimate is (f(z) − b) ∇ log q(z)
+    = (f(z) − b)·(ε/σ, (ε² − 1)/σ) with a constant baseline b; f is never differentiated.
+    """
+    _check_gaussian(mu, sigma, eps)
+    with torch.no_grad():
+        weight = f(mu + sigma * eps) - baseline
+        return weight * eps / sigma, weight * (eps**2 - 1) / sigma
+
+
+def pathwise(f: ScalarFn, mu: Tensor, sigma: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample pathwise (reparameterization) estimates f'(z) and f'(z)·ε of ∇_μ and ∇_σ, z = μ + σε (chapter 3, eq. `eq-pathwise`).
+
+    The derivative f' is taken by autograd through z (eq. `eq-reparam`); shapes as in :func:`score_function`.
+    """
+    _check_gaussian(mu, sigma, eps)
+    with torch.enable_grad():
+        z = (mu.detach() + sigma.detach() * eps).requires_grad_(True)
+        (df_dz,) = torch.autograd.grad(f(z).sum(), z)
+    return df_dz, df_dz * eps
+
+
+def score_function_bernoulli(
+    f: ScalarFn,
+    p: Tensor,
+    n_samples: int,
+    baseline: float | Tensor = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-sample score-function estimates of d/dp E_{Bernoulli(p)}[f(b)] for a discrete latent b (chapter 3).
+
+    Each estimate is (f(b) − baseline)·(b/p − (1 − b)/(1 − p)); shape ``(n_samples, *p.shape)``.
+    """
+    if not isinstance(p, Tensor):
+        raise TypeError(f"p must be a torch.Tensor, got {type(p).__name__}")
+    if ((p <= 0) | (p >= 1)).any():
+        raise ValueError("p must lie strictly between 0 and 1")
+    with torch.no_grad():
+        b = torch.bernoulli(p.expand(n_samples, *p.shape), generator=generator)
+        return (f(b) - baseline) * (b / p - (1 - b) / (1 - p))
+
+
+def pathwise_variance_square(mu: Tensor, sigma: Tensor) -> Tensor:
+    """Variance 4σ² of the pathwise estimate 2z of d/dμ E[z²], z ~ N(μ, σ²) (chapter 3, eq. `eq-square-variances`)."""
+    return (4 * sigma**2).expand(torch.broadcast_shapes(mu.shape, sigma.shape))
+
+
+def score_function_variance_square(mu: Tensor, sigma: Tensor, baseline: bool = False) -> Tensor:
+    """Variance of the score-function estimate of d/dμ E[z²]: μ⁴/σ² + 14μ² + 15σ² (chapter 3, eq. `eq-square-variances`).
+
+    With ``baseline=True`` the baseline is the exact mean E[z²] = μ² + σ², and the variance is 8μ² + 10σ².
+    """
+    if baseline:
+        return 8 * mu**2 + 10 * sigma**2
+    return mu**4 / sigma**2 + 14 * mu**2 + 15 * sigma**2
+
+
+def elbo_surrogate(
+    log_lik: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    estimator: str = "pathwise",
+    n_samples: int = 1,
+    baseline: float | Tensor = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The batch-mean Monte Carlo ELBO (analytic KL) whose gradient in (μ, log σ²) uses the chosen estimator (chapter 3, eq. `eq-score-function`).
+
+    ``"pathwise"`` differentiates through z = μ + σ ⊙ ε; ``"score"`` treats z as a constant and adds
+    (log p(x|z) − b)·(log q(z|x) − its value), which is zero but carries the score-function gradient.
+    """
+    if estimator == "pathwise":
+        z = reparameterize(mu, logvar, n_samples, generator)
+        rec = log_lik(x, z)
+    elif estimator == "score":
+        z = reparameterize(mu.detach(), logvar.detach(), n_samples, generator)
+        rec = log_lik(x, z)
+        log_q = log_normal(z, mu, logvar)
+        rec = rec + (rec.detach() - baseline) * (log_q - log_q.detach())
+    else:
+        raise ValueError(f"unknown estimator {estimator!r}; choose 'pathwise' or 'score'")
+    return (rec.mean(0) - kl_standard_normal(mu, logvar)).mean()
+
+
+def gradient_samples(objective: Callable[[], Tensor], params: Sequence[Tensor], repeats: int) -> Tensor:
+    """Evaluate ``objective()`` ``repeats`` times and stack its gradients in ``params``, flattened: shape ``(repeats, P)``."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    params = list(params)
+    rows = []
+    for _ in range(repeats):
+        grads = torch.autograd.grad(objective(), params)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
