@@ -182,7 +182,7 @@ def compare(
     hint: str = "",
     atol: float = 1e-5,
     rtol: float = 1e-4,
-) -> bool:
+) -> None:
     """Run ``fn`` and ``reference(**case)`` on every case; print the verdict, raise :class:`CheckFailed` on the first failure.
 
     ``fn`` is called by keyword when its parameters are named like the keys of a case, by position otherwise.
@@ -215,7 +215,6 @@ def compare(
     message = f"✔ {name}: passed on {len(cases)} inputs"
     _record(name, True, message)
     print(message)
-    return True
 
 
 def gaussian_cases(seed: int = 0) -> list[dict]:
@@ -230,7 +229,7 @@ def gaussian_cases(seed: int = 0) -> list[dict]:
     ]
 
 
-def kl_standard_normal(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def kl_standard_normal(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(mu, logvar)`` = KL(N(μ, diag σ²) ‖ N(0, I)) per datapoint (chapter 2, eq. `eq-kl-prior`)."""
     return compare(
         "kl_standard_normal",
@@ -251,7 +250,7 @@ def _estimator_cases(seed: int = 0) -> list[dict]:
     ]
 
 
-def pathwise_gradient(fn: Callable) -> bool:
+def pathwise_gradient(fn: Callable) -> None:
     """Check ``fn(f, mu, sigma, eps)`` = per-sample pathwise estimates f'(μ + σε) of ∇_μ E[f(z)] (chapter 3, eq. `eq-pathwise`)."""
     from course_code import gradients
 
@@ -265,7 +264,7 @@ def pathwise_gradient(fn: Callable) -> bool:
     )
 
 
-def score_function_gradient(fn: Callable) -> bool:
+def score_function_gradient(fn: Callable) -> None:
     """Check ``fn(f, mu, sigma, eps)`` = per-sample score-function estimates f(z)·(z − μ)/σ² of ∇_μ E[f(z)] (chapter 3, eq. `eq-score-function`)."""
     from course_code import gradients
 
@@ -278,7 +277,7 @@ def score_function_gradient(fn: Callable) -> bool:
     )
 
 
-def log_bernoulli_logits(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def log_bernoulli_logits(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(x, logits)`` = log Bernoulli(x; sigmoid(logits)) summed over pixels, stable for large logits (chapter 4)."""
     g = torch.Generator().manual_seed(0)
     cases = [
@@ -297,7 +296,7 @@ def log_bernoulli_logits(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
     )
 
 
-def iwae_from_log_weights(fn: Callable[[Tensor], Tensor]) -> bool:
+def iwae_from_log_weights(fn: Callable[[Tensor], Tensor]) -> None:
     """Check ``fn(log_w)`` = log (1/K) Σ_k exp(log_w[k]) per datapoint for log-weights of shape (K, B) (chapter 4, eq. `eq-iwae`)."""
     g = torch.Generator().manual_seed(0)
     cases = [
@@ -316,7 +315,7 @@ def iwae_from_log_weights(fn: Callable[[Tensor], Tensor]) -> bool:
     )
 
 
-def gaussian_log_likelihood(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def gaussian_log_likelihood(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(x, x_hat)`` = log N(x; x̂, I) per datapoint: −(D/2) log 2π − ½‖x − x̂‖² (chapter 1, eq. `eq-ae-mse`)."""
     g = torch.Generator().manual_seed(0)
     cases = [
@@ -334,7 +333,7 @@ def gaussian_log_likelihood(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
     )
 
 
-def kl_discrete(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def kl_discrete(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(p, q)`` = KL(p ‖ q) = Σ_k p_k log(p_k / q_k) over the last axis, with 0·log 0 = 0 (chapter 1)."""
     g = torch.Generator().manual_seed(0)
     cases = [
@@ -354,7 +353,7 @@ def kl_discrete(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
     )
 
 
-def kl_normal(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> bool:
+def kl_normal(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(mu_q, logvar_q, mu_p, logvar_p)`` = KL between diagonal Gaussians per datapoint (chapter 2, eq. `eq-kl-gauss`)."""
     g = torch.Generator().manual_seed(1)
     cases = [
@@ -377,7 +376,7 @@ def kl_normal(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> bool:
     )
 
 
-def elbo_from_samples(fn: Callable) -> bool:
+def elbo_from_samples(fn: Callable) -> None:
     """Check ``fn(log_lik, x, z, mu, logvar)`` = (1/K) Σ_k [log p(x|z_k) + log p(z_k) − log q(z_k|x)] for z of shape (K, B, d) (chapter 2)."""
     g = torch.Generator().manual_seed(2)
     W = torch.randn(5, 2, generator=g)
@@ -402,7 +401,7 @@ def elbo_from_samples(fn: Callable) -> bool:
     )
 
 
-def free_bits_kl(fn: Callable[[Tensor, Tensor, float], Tensor]) -> bool:
+def free_bits_kl(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
     """Check ``fn(mu, logvar, free_bits)`` = Σ_j max(λ, (1/B) Σ_n KL_nj), the KL term of free bits (chapter 6, eq. `eq-free-bits`)."""
     from course_code import objectives
 
@@ -422,7 +421,7 @@ def free_bits_kl(fn: Callable[[Tensor, Tensor, float], Tensor]) -> bool:
     )
 
 
-def mutual_information(fn: Callable[[Tensor, Tensor, torch.Generator], Tensor]) -> bool:
+def mutual_information(fn: Callable[[Tensor, Tensor, torch.Generator], Tensor]) -> None:
     """Check ``fn(mu, logvar, generator)`` = the minibatch estimate of I_q(x; z) (He et al., 2019; chapter 6)."""
     from course_code import diagnostics
 
@@ -449,7 +448,7 @@ def mutual_information(fn: Callable[[Tensor, Tensor, torch.Generator], Tensor]) 
     )
 
 
-def fixed_noise_elbo(fn: Callable) -> bool:
+def fixed_noise_elbo(fn: Callable) -> None:
     """Check ``fn(log_lik, x, mu, logvar, eps)`` = (1/K) Σ_k log p(x | μ + σ ⊙ ε_k) − KL(q ‖ p(z)) per datapoint (chapter 5, eq. `eq-elbo-fixed-noise`)."""
     from course_code import inference
 
@@ -473,7 +472,7 @@ def fixed_noise_elbo(fn: Callable) -> bool:
     )
 
 
-def gap_summary(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> bool:
+def gap_summary(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(log_px, elbo_best, elbo_amortized)`` = the (3, 2) table of means and standard errors of the approximation, amortization and total gaps (chapter 5, eq. `eq-gap-decomposition`)."""
     from course_code import inference
 

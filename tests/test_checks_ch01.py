@@ -49,9 +49,9 @@ def kl_wrong_axis(p, q):
 
 
 def test_right_implementations_pass(capsys):
-    assert checks.gaussian_log_likelihood(gaussian_right)
-    assert checks.kl_discrete(kl_right)
-    assert checks.kl_discrete(lambda p, q: torch.xlogy(p, p).sum(-1) - torch.xlogy(p, q).sum(-1))
+    checks.gaussian_log_likelihood(gaussian_right)
+    checks.kl_discrete(kl_right)
+    checks.kl_discrete(lambda p, q: torch.xlogy(p, p).sum(-1) - torch.xlogy(p, q).sum(-1))
     assert "passed" in capsys.readouterr().out
 
 

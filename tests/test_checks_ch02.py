@@ -47,8 +47,8 @@ def elbo_wrong_axis(log_lik, x, z, mu, logvar):  # averaged over the batch inste
 
 
 def test_right_implementations_pass(capsys):
-    assert checks.kl_normal(kl_right)
-    assert checks.elbo_from_samples(elbo_right)
+    checks.kl_normal(kl_right)
+    checks.elbo_from_samples(elbo_right)
     assert "passed" in capsys.readouterr().out
 
 

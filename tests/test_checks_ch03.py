@@ -44,8 +44,8 @@ def score_uses_derivative(f, mu, sigma, eps):  # mixes the two estimators
 
 
 def test_right_implementations_pass(capsys):
-    assert checks.pathwise_gradient(pathwise_right)
-    assert checks.score_function_gradient(score_right)
+    checks.pathwise_gradient(pathwise_right)
+    checks.score_function_gradient(score_right)
     assert "passed" in capsys.readouterr().out
 
 

@@ -47,8 +47,8 @@ def iwae_wrong_axis(log_w):
 
 
 def test_right_implementations_pass(capsys):
-    assert checks.log_bernoulli_logits(log_bernoulli_right)
-    assert checks.iwae_from_log_weights(iwae_right)
+    checks.log_bernoulli_logits(log_bernoulli_right)
+    checks.iwae_from_log_weights(iwae_right)
     assert capsys.readouterr().out.count("passed") == 2
 
 

@@ -61,8 +61,8 @@ def gap_summary_transposed(log_px, elbo_best, elbo_amortized):
 
 
 def test_right_implementations_pass(capsys):
-    assert checks.fixed_noise_elbo(fixed_noise_elbo_right)
-    assert checks.gap_summary(gap_summary_right)
+    checks.fixed_noise_elbo(fixed_noise_elbo_right)
+    checks.gap_summary(gap_summary_right)
     out = capsys.readouterr().out
     assert "✔ fixed_noise_elbo" in out and "✔ gap_summary" in out
 

@@ -58,8 +58,8 @@ def mi_sums_over_batch(mu, logvar, generator):  # a total over the datapoints in
 
 
 def test_right_implementations_pass(capsys):
-    assert checks.free_bits_kl(free_bits_right)
-    assert checks.mutual_information(mi_right)
+    checks.free_bits_kl(free_bits_right)
+    checks.mutual_information(mi_right)
     assert "✔ free_bits_kl" in capsys.readouterr().out
 
 
