@@ -143,22 +143,6 @@ def elbo_estimate(
     return torch.stack(parts).sum(0) / n_samples
 
 
-def elbo_on_grid(log_joint: Tensor, grid: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """The ELBO of q = N(μ, diag σ²) by quadrature on a grid, differentiable in (μ, log σ²), shape (B,) (chapter 5, eq. `eq-elbo-grid`).
-
-    ``log_joint`` (G, B) holds log p(x, z_g) + log(cell volume) for the G points ``grid`` (G, d),
-    so that log p(x) = logsumexp_g log_joint. q is discretized on the same grid (q̃_g ∝ q(z_g)),
-    and log p(x) − ELBO = KL(q̃ ‖ p̃(z|x)) is then never negative, whatever the grid's spacing.
-    """
-    if log_joint.ndim != 2 or grid.ndim != 2 or log_joint.shape[0] != grid.shape[0] or mu.shape != (log_joint.shape[1], grid.shape[1]):
-        raise ValueError(
-            f"need log_joint (G, B), grid (G, d) and mu, logvar (B, d); got log_joint {tuple(log_joint.shape)}, "
-            f"grid {tuple(grid.shape)}, mu {tuple(mu.shape)}"
-        )
-    log_q = torch.log_softmax(log_normal(grid[:, None, :].to(mu.dtype), mu, logvar), dim=0)  # (G, B)
-    return (log_q.exp() * (log_joint - log_q)).sum(0)
-
-
 def gap_summary(log_px: Tensor, elbo_best: Tensor, elbo_amortized: Tensor) -> Tensor:
     """Mean and standard error of the approximation, amortization and total gaps: rows in that order, shape (3, 2) (chapter 5, eq. `eq-gap-decomposition`).
 

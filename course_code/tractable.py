@@ -9,7 +9,6 @@
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -94,11 +93,11 @@ LogLik = Callable[[Tensor, Tensor], Tensor]
 class GridModel:
     """Quadrature for a model p(z) p(x|z) with a 1-D or 2-D latent, given any ``log_lik(x, z)`` (chapters 5, 6).
 
-    log p(x), the posterior and its mean are computed on a regular grid over [−limit, limit]^d;
-    the ELBO of a Gaussian q by Gauss–Hermite quadrature, so it is differentiable in (μ, log σ²).
+    log p(x), the posterior and its mean, and the ELBO of a Gaussian q (differentiable in μ and
+    log σ²) are all computed on one regular grid over [−limit, limit]^d.
     """
 
-    def __init__(self, log_lik: LogLik, z_dim: int = 1, limit: float = 5.0, n_points: int | None = None, n_hermite: int = 40):
+    def __init__(self, log_lik: LogLik, z_dim: int = 1, limit: float = 5.0, n_points: int | None = None):
         if z_dim not in (1, 2):
             raise ValueError(f"quadrature on a grid is for 1-D or 2-D latents, got z_dim={z_dim}")
         n_points = n_points or (801 if z_dim == 1 else 121)
@@ -106,11 +105,6 @@ class GridModel:
         axis = torch.linspace(-limit, limit, n_points, dtype=torch.float64)
         self.log_cell = z_dim * math.log(2 * limit / (n_points - 1))
         self.grid = torch.cartesian_prod(*[axis] * z_dim).reshape(-1, z_dim)
-        nodes, weights = np.polynomial.hermite_e.hermegauss(n_hermite)  # ∫ f(t) exp(−t²/2) dt
-        t = torch.cartesian_prod(*[torch.from_numpy(nodes)] * z_dim).reshape(-1, z_dim)
-        w = torch.from_numpy(weights / math.sqrt(2 * math.pi))
-        self.hermite_nodes = t
-        self.hermite_weights = torch.cartesian_prod(*[w] * z_dim).reshape(-1, z_dim).prod(-1)
 
     def _evaluate(self, x: Tensor, z: Tensor, chunk_elements: int = 2**22) -> Tensor:
         """log p(x|z) for points z of shape (G, B, d), G split into chunks to bound memory; shape (G, B)."""
@@ -137,8 +131,21 @@ class GridModel:
         return self.posterior_weights(x) @ self.grid.to(x.dtype)
 
     def elbo(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-        """ELBO of q = N(μ, diag σ²): E_q[log p(x|z)] by Gauss–Hermite quadrature minus the closed-form KL."""
-        t = self.hermite_nodes.to(mu.dtype)
-        z = mu + torch.exp(0.5 * logvar) * t[:, None, :]  # (H, B, d)
-        rec = (self.hermite_weights.to(mu.dtype)[:, None] * self._evaluate(x, z)).sum(0)
-        return rec - kl_standard_normal(mu, logvar)
+        """The ELBO of q = N(μ, diag σ²) on the grid (see :func:`elbo_on_grid`), per datapoint."""
+        return elbo_on_grid(self.log_joint(x) + self.log_cell, self.grid.to(x.dtype), mu, logvar)
+
+
+def elbo_on_grid(log_joint: Tensor, grid: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """The ELBO of q = N(μ, diag σ²) by quadrature on a grid, differentiable in (μ, log σ²), shape (B,) (chapter 5, eq. `eq-elbo-grid`).
+
+    ``log_joint`` (G, B) holds log p(x, z_g) + log(cell volume) for the G points ``grid`` (G, d),
+    so that log p(x) = logsumexp_g log_joint. q is discretized on the same grid (q̃_g ∝ q(z_g)),
+    and log p(x) − ELBO = KL(q̃ ‖ p̃(z|x)) is then never negative, whatever the grid's spacing.
+    """
+    if log_joint.ndim != 2 or grid.ndim != 2 or log_joint.shape[0] != grid.shape[0] or mu.shape != (log_joint.shape[1], grid.shape[1]):
+        raise ValueError(
+            f"need log_joint (G, B), grid (G, d) and mu, logvar (B, d); got log_joint {tuple(log_joint.shape)}, "
+            f"grid {tuple(grid.shape)}, mu {tuple(mu.shape)}"
+        )
+    log_q = torch.log_softmax(log_normal(grid[:, None, :].to(mu.dtype), mu, logvar), dim=0)  # (G, B)
+    return (log_q.exp() * (log_joint - log_q)).sum(0)
