@@ -97,12 +97,11 @@ def aggressive_fit(
     model)`` runs without gradients before training (epoch 0) and after every epoch; it must not
     draw from torch's global random generator. The same seed gives bit-for-bit the same run.
     """
-    if not isinstance(x, Tensor) or not isinstance(x_test, Tensor):
-        raise TypeError("x and x_test must be torch.Tensors")
-    if len(x) == 0 or len(x_test) < 2:
-        raise ValueError("the training set is empty or the held-out set has fewer than two points")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, got epochs={epochs}, batch_size={batch_size}")
+    training.check_training_data(x, epochs, batch_size)
+    if not isinstance(x_test, Tensor):
+        raise TypeError(f"x_test must be a torch.Tensor, got {type(x_test).__name__}")
+    if len(x_test) < 2:
+        raise ValueError("the held-out set needs at least two points (for MI and active units)")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     mi_generator = torch.Generator().manual_seed(seed + 1)  # the MI estimate must not disturb training
@@ -132,13 +131,9 @@ def aggressive_fit(
             if not aggressive:  # basic VAE training: encoder and decoder step together
                 encoder_opt.step()
             decoder_opt.step()
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value * len(idx)
+            training.add_stats(sums, stats, len(idx))
             step, updates = step + 1, updates + 1
-        record = {key: total / len(x) for key, total in sums.items()}
-        record["kl_weight"] = 1.0
-        record["time"] = time.perf_counter() - start
-        record["test_elbo"] = training.evaluate(model, x_test)["elbo"]
+        record = training.epoch_record(sums, len(x), 1.0, start, model, x_test)
         latent = latent_diagnostics(model, x_test, mi_generator)
         record["mi"], record["au"] = latent["mi"], latent["au"]
         record["aggressive"] = float(was_aggressive)

@@ -69,6 +69,34 @@ def _diverged(what: str, epoch: int, step: int, lr: float) -> FloatingPointError
     )
 
 
+def check_training_data(x: Tensor, epochs: int, batch_size: int) -> None:
+    """Clear errors for what a training loop cannot work with."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if len(x) == 0:
+        raise ValueError("the training set is empty")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got epochs={epochs}, batch_size={batch_size}")
+
+
+def add_stats(sums: dict[str, float], stats: dict[str, float], n: int) -> None:
+    """Add a batch's statistics, weighted by its size ``n``, to running sums."""
+    for key, value in stats.items():
+        sums[key] = sums.get(key, 0.0) + value * n
+
+
+def epoch_record(
+    sums: dict[str, float], n: int, kl_weight: float, start: float, model: nn.Module, x_test: Tensor | None
+) -> dict[str, float]:
+    """One epoch's line of the history: averaged statistics, KL weight, elapsed time and, given ``x_test``, the test ELBO."""
+    record = {key: total / n for key, total in sums.items()}
+    record["kl_weight"] = kl_weight
+    record["time"] = time.perf_counter() - start
+    if x_test is not None:
+        record["test_elbo"] = evaluate(model, x_test)["elbo"]
+    return record
+
+
 def fit(
     model: nn.Module,
     x: Tensor,
@@ -93,17 +121,13 @@ def fit(
     ``elbo``, ``rec``, ``kl``), the mean ``kl_weight``, the cumulative wall ``time`` in seconds
     and, given ``x_test``, ``test_elbo``. The same seed gives bit-for-bit the same run.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if len(x) == 0:
-        raise ValueError("the training set is empty")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, got epochs={epochs}, batch_size={batch_size}")
+    check_training_data(x, epochs, batch_size)
     schedule = beta if callable(beta) else constant(beta)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
     x = x.to(device)
+    x_test = None if x_test is None else x_test.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history: dict[str, list[float]] = {}
     step, start = 0, time.perf_counter()
@@ -122,15 +146,10 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value * len(idx)
+            add_stats(sums, stats, len(idx))
             weights += weight * len(idx)
             step += 1
-        record = {key: total / len(x) for key, total in sums.items()}
-        record["kl_weight"] = weights / len(x)
-        record["time"] = time.perf_counter() - start
-        if x_test is not None:
-            record["test_elbo"] = evaluate(model, x_test.to(device))["elbo"]
+        record = epoch_record(sums, len(x), weights / len(x), start, model, x_test)
         for key, value in record.items():
             history.setdefault(key, []).append(value)
     model.eval()
@@ -144,9 +163,7 @@ def evaluate(model: nn.Module, x: Tensor, batch_size: int = 1000) -> dict[str, f
     model.eval()
     sums: dict[str, float] = {}
     for chunk in x.split(batch_size):
-        _, stats = model.loss(chunk)
-        for key, value in stats.items():
-            sums[key] = sums.get(key, 0.0) + value * len(chunk)
+        add_stats(sums, model.loss(chunk)[1], len(chunk))
     model.train(was_training)
     return {key: total / len(x) for key, total in sums.items()}
 
