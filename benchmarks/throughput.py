@@ -1,6 +1,6 @@
 """Throughput of the course's training loop against a plain DataLoader loop around the same model.
 
-    python benchmarks/throughput.py [--repeats 5] [--threads N]
+    python benchmarks/throughput.py [--repeats 5] [--threads N] [--dtype float32|float64]
 
 Both loops train the default VAE (``models.VAE`` with its default widths) with Adam, batch size
 128, the same loss and the same number of epochs, on two datasets: the embedded digits
@@ -74,9 +74,13 @@ def main() -> None:
     parser.add_argument("--digits-epochs", type=int, default=20)
     parser.add_argument("--mnist-epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: as course_code.setup)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="default float32, as the CLI")
     args = parser.parse_args()
-    course_code.setup(threads=args.threads, quiet=True)
-    print(f"course_code {course_code.__version__} · torch {torch.__version__} · {torch.get_num_threads()} threads", flush=True)
+    course_code.setup(threads=args.threads, dtype=getattr(torch, args.dtype), quiet=True)
+    print(
+        f"course_code {course_code.__version__} · torch {torch.__version__} · {args.dtype} · "
+        f"{torch.get_num_threads()} threads", flush=True,
+    )
     compare("digits", data.load_digits().x_train, args.digits_epochs, args.repeats)
     synthetic = torch.bernoulli(torch.full((60_000, 784), 0.5), generator=torch.Generator().manual_seed(0))
     compare("synthetic MNIST-sized tensor", synthetic, args.mnist_epochs, args.repeats)

@@ -156,7 +156,7 @@ def posterior_means(model: models.VAE, x: Tensor, limit: float = 5.0, n_points: 
     if model.z_dim != 1:
         raise ValueError(f"the posterior-mean space needs a 1-D latent, the model has z_dim={model.z_dim}")
     grid = GridModel(model.log_likelihood, z_dim=1, limit=limit, n_points=n_points)
-    return grid.posterior_mean(x)[:, 0].float(), model.encode(x)[0][:, 0]
+    return grid.posterior_mean(x)[:, 0], model.encode(x)[0][:, 0]
 
 
 @dataclass

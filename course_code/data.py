@@ -32,7 +32,7 @@ class DataUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test images as flat float tensors in [0, 1], with integer labels."""
+    """Train and test images as flat float tensors in [0, 1] (torch's default dtype), with integer labels."""
 
     name: str
     x_train: Tensor
@@ -78,14 +78,13 @@ def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: i
     from sklearn.model_selection import train_test_split
 
     digits = sk_load_digits()
-    x = digits.data.astype(np.float32) / 16.0
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, digits.target, test_size=test_fraction, random_state=seed, stratify=digits.target
+    x = torch.from_numpy(digits.data).to(torch.get_default_dtype()) / 16.0
+    y = torch.from_numpy(digits.target)
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=digits.target
     )
-    return _finish(
-        "digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te),
-        (8, 8), binarize, seed,
-    )
+    train, test = torch.from_numpy(train), torch.from_numpy(test)
+    return _finish("digits", x[train], y[train], x[test], y[test], (8, 8), binarize, seed)
 
 
 def load_mnist(source: str | os.PathLike = "download", binarize: str | None = None, seed: int = 0) -> Dataset:
@@ -111,7 +110,7 @@ def load_mnist(source: str | os.PathLike = "download", binarize: str | None = No
         raise DataUnavailableError(f"MNIST {what} ({type(error).__name__}: {error}).{_HOW_TO}") from None
     finally:
         socket.setdefaulttimeout(old_timeout)
-    (x_tr, y_tr), (x_te, y_te) = [(s.data.reshape(len(s.data), -1).float() / 255.0, s.targets) for s in splits]
+    (x_tr, y_tr), (x_te, y_te) = [(s.data.reshape(len(s.data), -1).to(torch.get_default_dtype()) / 255.0, s.targets) for s in splits]
     return _finish("mnist", x_tr, y_tr, x_te, y_te, (28, 28), binarize, seed)
 
 

@@ -45,7 +45,7 @@ def fixed_noise_elbo(log_lik: LogLik, x: Tensor, mu: Tensor, logvar: Tensor, eps
     return log_lik(x, z).mean(0) - kl_standard_normal(mu, logvar)
 
 
-def standardized_noise(n_samples: int, shape: torch.Size, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
+def standardized_noise(n_samples: int, shape: torch.Size, generator: torch.Generator, dtype: torch.dtype | None = None) -> Tensor:
     """Draws ε of shape ``(K, B, d)`` made to have, for each datapoint, sample mean 0 and sample covariance I exactly (chapter 5).
 
     Moment matching: the fixed-noise ELBO is then exact whenever log p(x|z) is quadratic in z (a
@@ -58,7 +58,7 @@ def standardized_noise(n_samples: int, shape: torch.Size, generator: torch.Gener
     eps = eps - eps.mean(0)
     chol = torch.linalg.cholesky(torch.einsum("kbi,kbj->bij", eps, eps) / n_samples)  # (B, d, d)
     eps = torch.linalg.solve_triangular(chol, eps.permute(1, 2, 0), upper=False)  # (B, d, K)
-    return eps.permute(2, 0, 1).to(dtype)
+    return eps.permute(2, 0, 1).to(dtype or torch.get_default_dtype())
 
 
 def optimize_q(

@@ -27,10 +27,10 @@ class LinearGaussian:
 
     @classmethod
     def random(cls, x_dim: int = 2, z_dim: int = 2, noise_std: float = 0.5, seed: int = 0) -> "LinearGaussian":
-        """A model with standard-normal W and b drawn from a seeded generator, in float64."""
+        """A model with standard-normal W and b drawn from a seeded generator, in torch's default dtype."""
         g = torch.Generator().manual_seed(seed)
-        W = torch.randn(x_dim, z_dim, generator=g, dtype=torch.float64)
-        b = torch.randn(x_dim, generator=g, dtype=torch.float64)
+        W = torch.randn(x_dim, z_dim, generator=g)
+        b = torch.randn(x_dim, generator=g)
         return cls(W, b, 2 * math.log(noise_std))
 
     def precision(self) -> Tensor:
@@ -102,7 +102,7 @@ class GridModel:
             raise ValueError(f"quadrature on a grid is for 1-D or 2-D latents, got z_dim={z_dim}")
         n_points = n_points or (801 if z_dim == 1 else 121)
         self.log_lik, self.z_dim = log_lik, z_dim
-        axis = torch.linspace(-limit, limit, n_points, dtype=torch.float64)
+        axis = torch.linspace(-limit, limit, n_points)
         self.log_cell = z_dim * math.log(2 * limit / (n_points - 1))
         self.grid = torch.cartesian_prod(*[axis] * z_dim).reshape(-1, z_dim)
 

@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the minibatches and the sampling (default 0)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<dataset>)")
     parser.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float32",
+        help="floating-point type (default float32, fast at MNIST scale; the notebooks use float64)",
+    )
+    parser.add_argument(
         "--iw-samples", type=positive_int, default=1000, help="importance samples per test image for log p(x) (default 1000)"
     )
     args = parser.parse_args(argv)
@@ -82,7 +86,7 @@ def save_figure(model: models.VAE, dataset: data.Dataset, path: Path, seed: int)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    course_code.setup(args.seed)
+    course_code.setup(args.seed, dtype=getattr(torch, args.dtype))
     try:
         dataset = data.load(args.dataset, binarize=args.binarize, mnist=args.data_dir)  # the course's fixed split
     except data.DataUnavailableError as error:

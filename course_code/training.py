@@ -185,11 +185,14 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save`."""
+    """Rebuild a model saved by :func:`save`, in the floating-point type it was saved in."""
     checkpoint = torch.load(Path(path), map_location=device, weights_only=True)
     cls = models.MODELS.get(checkpoint.get("class"))
     if cls is None:
         raise ValueError(f"{path} holds an unknown model class {checkpoint.get('class')!r}")
     model = cls(**checkpoint["config"])
+    floating = {t.dtype for t in checkpoint["state"].values() if t.is_floating_point()}
+    if len(floating) == 1:
+        model.to(floating.pop())
     model.load_state_dict(checkpoint["state"])
     return model.to(device).eval()

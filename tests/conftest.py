@@ -1,5 +1,17 @@
-"""Unit tests run on one thread, as the notebooks do (see course_code.setup)."""
+"""Unit tests run as the notebooks do (see course_code.setup): one thread, float64 by default.
 
+Every test starts from float64; a test that switches to float32 (the command-line trainer's
+default) does not leak its choice into the next one.
+"""
+
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float64)

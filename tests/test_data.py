@@ -29,13 +29,21 @@ def grey():
 def test_digits_shapes_range_and_labels(grey):
     assert grey.x_train.shape == (1437, 64) and grey.x_test.shape == (360, 64)
     assert grey.y_train.shape == (1437,) and grey.y_test.shape == (360,)
-    assert grey.x_train.dtype == torch.float32 and grey.dim == 64 and grey.image_shape == (8, 8)
+    assert grey.x_train.dtype == torch.float64 and grey.dim == 64 and grey.image_shape == (8, 8)
     for x in (grey.x_train, grey.x_test):
         assert x.min() == 0 and x.max() == 1  # the raw digits use 17 grey levels, 0 to 16
     assert len(torch.unique(grey.x_train)) == 17
     assert set(grey.y_train.tolist()) == set(range(10))
     assert data.load().x_train.shape == (1437, 64)  # the default dataset
     assert "1437 train / 360 test" in repr(grey)
+
+
+def test_digits_follow_the_default_dtype_with_the_same_split(grey):
+    torch.set_default_dtype(torch.float32)
+    single = data.load_digits()
+    assert single.x_train.dtype == single.x_test.dtype == torch.float32
+    torch.testing.assert_close(single.x_train, grey.x_train.float(), rtol=0, atol=0)  # k/16 is exact in both
+    assert torch.equal(single.y_test, grey.y_test)
 
 
 def test_split_is_seeded_and_stratified(grey):
@@ -125,7 +133,7 @@ def test_load_mnist_reads_a_local_copy(fake_mnist, monkeypatch):
     mnist = data.load_mnist(root)
     assert mnist.name == "mnist" and mnist.image_shape == (28, 28) and mnist.dim == 784
     assert mnist.x_train.shape == (6, 784) and mnist.x_test.shape == (4, 784)
-    torch.testing.assert_close(mnist.x_train, torch.tensor(images["train"].reshape(6, 784) / 255, dtype=torch.float32))
+    torch.testing.assert_close(mnist.x_train, torch.tensor(images["train"].reshape(6, 784) / 255, dtype=torch.float64))
     assert mnist.y_test.tolist() == [7, 2, 1, 0] and mnist.y_train.tolist() == labels["train"].tolist()
     monkeypatch.setenv("COURSE_MNIST", str(root))  # the notebooks' switch
     monkeypatch.setenv("COURSE_DATASET", "mnist")

@@ -50,6 +50,16 @@ def test_the_same_seed_gives_the_same_report(tmp_path, capsys):
     assert capsys.readouterr().out.replace(str(tmp_path / "b"), "") == first
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_float32_by_default_float64_on_request(tmp_path, capsys, dtype):
+    run(tmp_path, "--epochs", "1", *(["--dtype", dtype] if dtype == "float64" else []))
+    assert dtype in capsys.readouterr().out.splitlines()[0]  # setup's line names the dtype
+    state = torch.load(tmp_path / "model.pt", weights_only=True)["state"]
+    assert {t.dtype for t in state.values()} == {getattr(torch, dtype)}
+    torch.set_default_dtype(torch.float64)  # loading rebuilds the model in the dtype it was saved in
+    assert next(training.load(tmp_path / "model.pt").parameters()).dtype == getattr(torch, dtype)
+
+
 def test_progress_bars_when_asked(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COURSE_PROGRESS", "1")
     run(tmp_path, "--epochs", "1")
