@@ -23,10 +23,16 @@ def run(path: Path, timeout: int = 900) -> tuple[nbformat.NotebookNode, float]:
     """Execute one notebook in its own directory; return it with its outputs and the seconds taken."""
     os.environ["COURSE_PROGRESS"] = "0"
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", record_timing=False,  # no timestamps: diffs show only what changed
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     start = time.perf_counter()
     client.execute()
-    return nb, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    return nb, seconds
 
 
 def main(argv=None) -> int:
