@@ -4,10 +4,13 @@ Each function draws on a given axis (or makes one), labels it, and returns the a
 notebook cell ends with ``plt.show()`` or a ``;`` and prints nothing else.
 """
 
+import io
+
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.text import Text
 from torch import Tensor
 
 # One colour per role, the same in every chapter.
@@ -23,24 +26,70 @@ COLORS = {
 }
 
 
+# The book's text column is 688 CSS pixels wide on a desktop. A figure drawn TEXT_WIDTH inches wide
+# at DPI dots per inch is shown at its own size there, so a font of F points is F / 72 * DPI pixels
+# tall on the page: the smallest font of the style, 9 points, is 12.5 px (tests/test_browser.py wants
+# at least 9 px). Give a figure of several panels the full width and more height, never more width.
+TEXT_WIDTH = 6.7
+DPI = 100
+SMALLEST_FONT_KEY = "Smallest font"  # the PNG text chunk holding a figure's smallest font, in points
+
+
 def use_style() -> None:
-    """The course's plot style: readable sizes, light grid, no top/right spines, PNG output at a fixed size."""
+    """The course's plot style: figures as wide as the book's text column, fonts of 9 points or more,
+    light grid, no top/right spines; in a notebook, each PNG records its smallest font."""
     mpl.rcParams.update(
         {
-            "figure.figsize": (6.4, 4.0),
-            "figure.dpi": 100,
-            "savefig.dpi": 100,
+            "figure.figsize": (TEXT_WIDTH, 3.6),
+            "figure.dpi": DPI,
+            "savefig.dpi": DPI,
+            "figure.constrained_layout.use": True,
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.labelsize": 10,
+            "xtick.labelsize": 9,
+            "ytick.labelsize": 9,
+            "legend.fontsize": 9,
+            "legend.title_fontsize": 9,
+            "figure.titlesize": 11,
             "axes.grid": True,
             "grid.alpha": 0.3,
             "axes.spines.top": False,
             "axes.spines.right": False,
-            "axes.titlesize": 12,
-            "axes.labelsize": 11,
-            "legend.fontsize": 9,
             "legend.frameon": False,
             "image.cmap": "gray_r",
         }
     )
+    _record_smallest_font()
+
+
+def smallest_font(fig) -> float:
+    """The size in points of the smallest visible text of ``fig``."""
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes, default=mpl.rcParams["font.size"])
+
+
+def png(fig) -> bytes:
+    """``fig`` as PNG bytes, cropped to its content, with its smallest font in the text chunk SMALLEST_FONT_KEY."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", metadata={SMALLEST_FONT_KEY: f"{smallest_font(fig):g}"})
+    return buffer.getvalue()
+
+
+def _record_smallest_font() -> None:
+    """Inside IPython, show figures through :func:`png`, so the book can check how large their text is shown."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    # Importing the inline backend registers its own PNG formatter; register ours after it, so ours is used.
+    import matplotlib_inline.backend_inline  # noqa: F401
+    from matplotlib.figure import Figure
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, png)
 
 
 def _axis(ax):
@@ -120,7 +169,7 @@ def estimator_variances(x, empirical: dict, theory: dict, xlabel: str, title: st
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("variance of the gradient estimate")
+    ax.set_ylabel("gradient variance")
     ax.set_title(title)
     ax.legend()
     return ax
@@ -182,7 +231,7 @@ def posterior_mean_space(snapshots: dict, title: str = "", axes=None, limit: flo
     inference, points on the horizontal axis an encoder that ignores x.
     """
     if axes is None:
-        axes = plt.subplots(1, len(snapshots), figsize=(2.6 * len(snapshots), 2.8), sharex=True, sharey=True)[1]
+        axes = plt.subplots(1, len(snapshots), figsize=(TEXT_WIDTH, TEXT_WIDTH / len(snapshots) + 1.0), sharex=True, sharey=True)[1]
     axes = np.atleast_1d(axes)
     if limit is None:
         limit = 1.1 * max(float(t.abs().max()) for pair in snapshots.values() for t in pair)
@@ -196,7 +245,7 @@ def posterior_mean_space(snapshots: dict, title: str = "", axes=None, limit: flo
         ax.set_title(f"epoch {epoch}")
         ax.set_xlabel("model $\\mathrm{E}_{p_\\theta(z|x)}[z]$")
     axes[0].set_ylabel("encoder $\\mu_\\phi(x)$")
-    axes[0].legend(loc="upper left", fontsize=7)
+    axes[0].legend(loc="upper left")
     if title:
         axes[0].figure.suptitle(title)
     return axes

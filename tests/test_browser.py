@@ -3,7 +3,16 @@
 For every page in the table of contents: the equations are typeset by the book's own copy of MathJax
 (no raw TeX left on the page), every image loaded, the console shows no error, no request leaves the
 machine, and a notebook page offers its download, Binder and Colab buttons. On a page with exercises,
-a solution dropdown opens on click. A full-page screenshot of every page lands in _build/screenshots/.
+a solution dropdown opens on click.
+
+At a desktop width (1280 px): no equation, table or figure is wider than the column that holds it,
+and the text in every figure is at least 9 px tall as shown. At a phone width (390 px): the page never
+scrolls sideways and no table or figure is wider than its column. At both widths a printed output,
+and on a phone a display equation, too long for its column scrolls in its own box instead of being
+cut off (see `tolerated`).
+At both widths the sidebar toggle opens the table of contents and the "Contents" button (or the wide
+window itself) shows the page's outline; every link inside the book leads to a page and an anchor
+that exist. A full-page screenshot of every page at both widths lands in _build/screenshots/.
 
 The test reads the book that `make test` builds first (_build/html; BOOK_HTML names another build).
 It needs Debian's Chromium (/usr/bin/chromium, installed by .ci/run) and Playwright's Python package;
@@ -14,7 +23,10 @@ import json
 import os
 import re
 import shutil
+import struct
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pytest
 import yaml
@@ -29,11 +41,16 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 REPOSITORY = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
 MATHJAX_VERSION = re.search(r"^MATHJAX_VERSION\s*:=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
 CHAPTER = re.compile(r"book/\d\d_")
+DESKTOP, PHONE = 1280, 390
+WIDTHS = {"desktop": DESKTOP, "phone": PHONE}
+SMALLEST_TEXT_PX = 9  # the smallest letters a figure may show, in CSS pixels as displayed
+SMALLEST_FONT_KEY = "Smallest font"  # the PNG text chunk in which course_code.plots records it, in points
 DROPDOWN = re.compile(r'class="(?=[^"]*\badmonition\b)(?=[^"]*\bdropdown\b)[^"]*"')  # an exercise's solution
 
-# Text outside code that still holds TeX delimiters was not typeset; a `[^label]` is a Markdown
-# footnote without its definition (the build does not warn about those: see _config.yml).
-UNRENDERED = re.compile(r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|\$[^$\n]*\\[A-Za-z]+[^$\n]*\$|\[\^[^\]\s]+\]")
+# Text outside code that still holds TeX (a backslash command or a dollar sign) was not typeset; a
+# `[^label]` is a Markdown footnote without its definition (the build does not warn about those: see
+# _config.yml).
+UNRENDERED = re.compile(r"\\[A-Za-z]+|\\[()\[\]{},;!]|\$|\[\^[^\]\s]+\]")
 TEXT_OUTSIDE_CODE = """() => {
   const skip = "pre, code, script, style, textarea, mjx-container";
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
@@ -56,6 +73,53 @@ TYPESET = """async () => {
     version: MathJax.version,
     processHtmlClass: MathJax.config.options.processHtmlClass,
   };
+}"""
+# What is wider than the column that holds it: a display equation or printed output that scrolls
+# sideways in its box, an inline formula past its paragraph's edge, a table or figure wider than its
+# parent, and the page itself wider than the window. Display equations and outputs say whether their
+# box scrolls (the reader can still reach the end) or cuts them off.
+TOO_WIDE = """() => {
+  const article = document.querySelector("article.bd-article") || document.body;
+  const where = el => {
+    const section = el.closest("section[id], div[id]");
+    return (section ? section.id + ": " : "") + el.textContent.replace(/\\s+/g, " ").trim().slice(0, 60);
+  };
+  const wide = el => el.scrollWidth > el.clientWidth + 1 && el.getBoundingClientRect().width > 0;
+  const scrolling = el => ["auto", "scroll"].includes(getComputedStyle(el).overflowX);
+  const pastParent = el => el.getBoundingClientRect().width > el.parentElement.clientWidth + 1;
+  const block = el => el.parentElement.closest("p, li, dd, td, th, div");
+  const found = {equations: [], tables: [], figures: [], outputs: [], page: []};
+  for (const el of article.querySelectorAll("mjx-container")) {
+    if (el.getAttribute("display") === "true") {
+      if (wide(el)) found.equations.push({where: where(el), scrolls: scrolling(el)});
+    } else if (el.getBoundingClientRect().right > block(el).getBoundingClientRect().right + 1)
+      found.equations.push({where: where(el), scrolls: false, inline: true});
+  }
+  for (const el of article.querySelectorAll("table")) if (pastParent(el)) found.tables.push({where: where(el)});
+  for (const el of article.querySelectorAll("img")) if (pastParent(el)) found.figures.push({where: el.getAttribute("src")});
+  for (const el of article.querySelectorAll(".cell_output pre"))
+    if (wide(el)) found.outputs.push({where: where(el), scrolls: scrolling(el)});
+  const root = document.documentElement;
+  if (root.scrollWidth > window.innerWidth)
+    found.page.push({where: `${root.scrollWidth} px wide in a ${window.innerWidth} px window`});
+  return found;
+}"""
+# The figures the notebooks drew (PNGs under _images/), with the width each is shown at. A figure in
+# a closed solution has no width yet: it is taken as wide as the box around it allows.
+FIGURES = """() => [...document.querySelectorAll("article.bd-article img")]
+  .filter(img => /_images\\/[^/]+\\.png$/.test(img.getAttribute("src")))
+  .map(img => {
+    let box = img;
+    while (box && box.clientWidth === 0) box = box.parentElement;
+    const shown = img.getBoundingClientRect().width || Math.min(img.naturalWidth, box.clientWidth);
+    return {src: img.src, shown, natural: img.naturalWidth};
+  })"""
+SIDEBAR_SHOWN = """selector => {
+  const el = document.querySelector(selector);
+  if (!el) return null;
+  const r = el.getBoundingClientRect(), style = getComputedStyle(el);
+  return r.width > 0 && r.height > 0 && r.right > 1 && r.left < window.innerWidth - 1
+    && style.visibility !== "hidden" && style.display !== "none";
 }"""
 BROKEN_IMAGES = """() => [...document.images]
   .filter(img => !(img.complete && img.naturalWidth > 0)).map(img => img.getAttribute("src"))"""
@@ -101,20 +165,21 @@ def browser_context(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def open_page(browser_context):
-    """Open a built page from disk once; return the page and the list of errors it reports.
+    """Open a built page from disk once per width; return the page and the list of errors it reports.
 
     Errors are what the console reports, uncaught exceptions, resources that failed to load, and any
     request that leaves the machine (refused: the book must work offline). The tests of a page share
-    one loaded copy of it.
+    one loaded copy of it at each width.
     """
     opened = {}
 
-    def _open(docname):
-        if docname in opened:
-            return opened[docname]
+    def _open(docname, width=DESKTOP):
+        if (docname, width) in opened:
+            return opened[docname, width]
         path = page_path(docname)
         assert path.exists(), f"{docname} is in _toc.yml but {path.relative_to(ROOT)} was not built"
         page = browser_context.new_page()
+        page.set_viewport_size({"width": width, "height": 900})
         errors = []
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
@@ -122,7 +187,7 @@ def open_page(browser_context):
         page.route(re.compile(r"^(https?|wss?)://"),
                    lambda route: (errors.append(f"network request: {route.request.url}"), route.abort()))
         page.goto(path.as_uri(), wait_until="load")
-        opened[docname] = page, errors
+        opened[docname, width] = page, errors
         return page, errors
 
     yield _open
@@ -187,3 +252,108 @@ def test_index_leads_to_the_landing_page(open_page):
     page, errors = open_page("index")
     page.wait_for_url(re.compile(re.escape(page_path(PAGES[0]).as_uri())), timeout=5000)
     assert not errors, f"console errors: {errors}"
+
+
+def png_facts(path: Path) -> tuple[float | None, dict]:
+    """A PNG's resolution in dots per inch (its pHYs chunk) and its text chunks."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    dpi, text, at = None, {}, 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        body = data[at + 8:at + 8 + length]
+        if kind == b"pHYs" and body[8] == 1:  # unit 1: pixels per metre
+            dpi = struct.unpack(">I", body[:4])[0] * 0.0254
+        elif kind == b"tEXt":
+            key, _, value = body.partition(b"\0")
+            text[key.decode("latin-1")] = value.decode("latin-1")
+        at += 12 + length
+    return dpi, text
+
+
+def tolerated(kind: str, item: dict, width: int) -> bool:
+    """What may be wider than its column for now: a printed output that scrolls in its own box (some
+    lines still pass 80 columns), and on a phone a display equation that scrolls in its own box or
+    an inline formula longer than the screen is wide."""
+    if kind == "outputs":
+        return item["scrolls"]
+    return kind == "equations" and width == PHONE and (item["scrolls"] or item.get("inline", False))
+
+
+@pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
+@pytest.mark.parametrize("docname", PAGES, ids=page_id)
+def test_fits_the_column(open_page, docname, width):
+    page, _ = open_page(docname, width)
+    page.evaluate(TYPESET)  # wait for MathJax: a formula has its width only once typeset
+    if width != DESKTOP:
+        page.screenshot(path=str(SCREENSHOTS / f"{page_id(docname)}-{width}px.png"), full_page=True)
+    too_wide = {}
+    for kind, found in page.evaluate(TOO_WIDE).items():
+        found = [item for item in found if not tolerated(kind, item, width)]
+        if found:
+            too_wide[kind] = [item["where"] for item in found]
+    assert not too_wide, f"wider than their column at {width} px: {json.dumps(too_wide, ensure_ascii=False)}"
+
+
+@pytest.mark.parametrize("docname", PAGES, ids=page_id)
+def test_figure_text_is_legible(open_page, docname):
+    """Letters at least SMALLEST_TEXT_PX tall as shown on a desktop: a figure's smallest font (which
+    course_code.plots records in the PNG) times its dpi, scaled by the width it is shown at."""
+    page, _ = open_page(docname)
+    small = []
+    for figure in page.evaluate(FIGURES):
+        path = Path(url2pathname(urlparse(figure["src"]).path))
+        dpi, text = png_facts(path)
+        name = path.name[:12]
+        if dpi is None or SMALLEST_FONT_KEY not in text:
+            small.append(f"{name}: no record of its smallest font (draw it with the course's style, course_code.plots)")
+            continue
+        shown = float(text[SMALLEST_FONT_KEY]) / 72 * dpi * figure["shown"] / figure["natural"]
+        if shown < SMALLEST_TEXT_PX:
+            small.append(f"{name}: {shown:.1f} px text ({figure['natural']} px drawn, shown {figure['shown']:.0f} px wide)")
+    assert not small, f"figures whose text is smaller than {SMALLEST_TEXT_PX} px: {small}"
+
+
+@pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
+def test_sidebar_buttons_open_the_contents(browser_context, width):
+    """The sidebar toggle shows the table of contents; the "Contents" button, the page's outline."""
+    page = browser_context.new_page()
+    page.set_viewport_size({"width": width, "height": 900})
+    try:
+        page.goto(page_path(next(d for d in PAGES if CHAPTER.match(d))).as_uri(), wait_until="load")
+        for toggle, sidebar in ((".primary-toggle", ".bd-sidebar-primary"), (".secondary-toggle", ".bd-sidebar-secondary")):
+            shown = page.evaluate(SIDEBAR_SHOWN, sidebar)
+            assert shown is not None, f"the page has no {sidebar}"
+            button = page.locator(toggle).locator("visible=true")
+            if button.count() == 0:  # a wide window shows the sidebar without a button
+                assert shown, f"{sidebar} is hidden at {width} px and no button shows it"
+                continue
+            for _ in range(2 if shown else 1):  # when shown already, it must hide and come back
+                button.first.click()
+                page.wait_for_timeout(400)  # the sidebars slide in
+                now = page.evaluate(SIDEBAR_SHOWN, sidebar)
+                assert now != shown, f"{toggle} did not {'hide' if shown else 'show'} {sidebar} at {width} px"
+                shown = now
+            page.keyboard.press("Escape")
+            if page.evaluate(SIDEBAR_SHOWN, sidebar) and width == PHONE:
+                page.mouse.click(width - 5, 450)  # the drawer closes on a click beside it
+            assert page.locator(f"{sidebar} a[href]").count() > 0, f"{sidebar} holds no links"
+    finally:
+        page.close()
+
+
+def test_internal_links_resolve(open_page):
+    """Every link from one page of the book to another names a built file and an anchor on it."""
+    broken = []
+    for docname in PAGES:
+        page, _ = open_page(docname)
+        for href in set(page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")):
+            url = urlparse(href)
+            if url.scheme != "file":
+                continue
+            target = Path(url2pathname(url.path))
+            if not target.exists():
+                broken.append(f"{docname} -> {href}")
+            elif url.fragment and target.suffix == ".html" and f'id="{url.fragment}"' not in target.read_text():
+                broken.append(f"{docname} -> {target.name}#{url.fragment}")
+    assert not broken, f"links to missing pages or anchors: {broken}"
