@@ -34,10 +34,12 @@ def _log_aggregate(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """I_q(x; z) = E_x E_q[log q(z|x) − log q(z)], q(z) the mixture of the batch's posteriors (He et al., 2019).
+    """I_q(x; z) = E_x E_q[log q(z|x) − log q(z)], q(z) the mixture of the batch's posteriors; a variant of He et al. (2019).
 
     One z_n is drawn from each q(z|x_n) and both log-densities are taken at it, so an encoder that
     ignores x scores exactly 0 and one that identifies every datapoint scores log N (eq. `eq-mi`).
+    He et al. use the analytic entropy −E_q[log q(z|x)] for the first term; here it is sampled at
+    the same z_n, which makes the estimate noisier but exactly 0 for a collapsed encoder.
     """
     z = reparameterize(mu, logvar, generator=generator)
     return (log_normal(z, mu, logvar) - _log_aggregate(z, mu, logvar)).mean()
