@@ -33,16 +33,21 @@ def _log_aggregate(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return torch.logsumexp(log_normal(z[:, None, :], mu[None], logvar[None]), dim=1) - math.log(len(mu))
 
 
-def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None, n_samples: int = 1) -> Tensor:
     """I_q(x; z) = E_x E_q[log q(z|x) − log q(z)], q(z) the mixture of the batch's posteriors; a variant of He et al. (2019).
 
     One z_n is drawn from each q(z|x_n) and both log-densities are taken at it, so an encoder that
     ignores x scores exactly 0 and one that identifies every datapoint scores log N (eq. `eq-mi`).
     He et al. use the analytic entropy −E_q[log q(z|x)] for the first term; here it is sampled at
-    the same z_n, which makes the estimate noisier but exactly 0 for a collapsed encoder.
+    the same z_n, which makes the estimate noisier but exactly 0 for a collapsed encoder. With
+    ``n_samples=K`` every datapoint gets K draws and the estimate is their average (less noise).
     """
-    z = reparameterize(mu, logvar, generator=generator)
-    return (log_normal(z, mu, logvar) - _log_aggregate(z, mu, logvar)).mean()
+    if n_samples == 1:
+        z = reparameterize(mu, logvar, generator=generator)
+        return (log_normal(z, mu, logvar) - _log_aggregate(z, mu, logvar)).mean()
+    z = reparameterize(mu, logvar, n_samples, generator)  # (K, N, d)
+    log_q = log_normal(z, mu, logvar).reshape(-1)
+    return (log_q - _log_aggregate(z.reshape(-1, mu.shape[-1]), mu, logvar)).mean()
 
 
 def aggregate_kl(mu: Tensor, logvar: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
