@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from course_code.distributions import kl_normal_per_dim, log_normal, log_standard_normal, reparameterize
+from course_code.distributions import LOG_2PI, kl_normal_per_dim, log_normal, log_standard_normal, reparameterize
 
 
 def unit_variances(mu: Tensor) -> Tensor:
@@ -29,8 +29,17 @@ def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def _log_aggregate(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log q(z) = log (1/N) Σ_n q(z|x_n) for points z of shape (M, d): shape (M,)."""
-    return torch.logsumexp(log_normal(z[:, None, :], mu[None], logvar[None]), dim=1) - math.log(len(mu))
+    """log q(z) = log (1/N) Σ_n q(z|x_n) for points z of shape (M, d): shape (M,).
+
+    The (M, N) table of log q(z_m|x_n) is formed by expanding the square, Σ_j (z_j − μ_j)²/σ_j²
+    = z² · 1/σ² − 2 z · μ/σ² + Σ_j μ_j²/σ_j², so that it costs two matrix products. The expansion
+    cancels large terms when σ is small, so it is done in float64.
+    """
+    z, mu, logvar64 = z.double(), mu.double(), logvar.double()
+    precision = torch.exp(-logvar64)  # (N, d)
+    squares = (z**2) @ precision.T - 2 * z @ (mu * precision).T + (mu**2 * precision).sum(-1)  # (M, N)
+    log_q = -0.5 * (squares + logvar64.sum(-1) + mu.shape[-1] * LOG_2PI)
+    return (torch.logsumexp(log_q, dim=1) - math.log(len(mu))).to(logvar.dtype)
 
 
 def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None, n_samples: int = 1) -> Tensor:

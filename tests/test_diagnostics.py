@@ -82,3 +82,14 @@ def test_more_draws_per_datapoint_make_the_mutual_information_less_noisy():
 def test_surgery_on_grid_needs_a_one_dimensional_latent():
     with pytest.raises(ValueError, match="1-D latent"):
         diagnostics.surgery_on_grid(torch.zeros(5, 2), torch.zeros(5, 2))
+
+
+def test_the_aggregate_density_matches_the_mixture_written_out():
+    g = torch.Generator().manual_seed(7)
+    mu, logvar = torch.randn(30, 3, generator=g, dtype=torch.float64), torch.randn(30, 3, generator=g, dtype=torch.float64)
+    z = 2 * torch.randn(11, 3, generator=g, dtype=torch.float64)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=torch.zeros(30, dtype=torch.float64)),
+        torch.distributions.Independent(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), 1),
+    )
+    torch.testing.assert_close(diagnostics._log_aggregate(z, mu, logvar), mixture.log_prob(z))
