@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from course_code.distributions import kl_normal_per_dim, log_normal, log_standard_normal, reparameterize
+from course_code.distributions import LOG_2PI, kl_normal_per_dim, log_normal, log_standard_normal, reparameterize
 
 
 def unit_variances(mu: Tensor) -> Tensor:
@@ -29,18 +29,34 @@ def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def _log_aggregate(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log q(z) = log (1/N) Σ_n q(z|x_n) for points z of shape (M, d): shape (M,)."""
-    return torch.logsumexp(log_normal(z[:, None, :], mu[None], logvar[None]), dim=1) - math.log(len(mu))
+    """log q(z) = log (1/N) Σ_n q(z|x_n) for points z of shape (M, d): shape (M,).
+
+    The (M, N) table of log q(z_m|x_n) is formed by expanding the square, Σ_j (z_j − μ_j)²/σ_j²
+    = z² · 1/σ² − 2 z · μ/σ² + Σ_j μ_j²/σ_j², so that it costs two matrix products. The expansion
+    cancels large terms when σ is small, so it is done in float64.
+    """
+    z, mu, logvar64 = z.double(), mu.double(), logvar.double()
+    precision = torch.exp(-logvar64)  # (N, d)
+    squares = (z**2) @ precision.T - 2 * z @ (mu * precision).T + (mu**2 * precision).sum(-1)  # (M, N)
+    log_q = -0.5 * (squares + logvar64.sum(-1) + mu.shape[-1] * LOG_2PI)
+    return (torch.logsumexp(log_q, dim=1) - math.log(len(mu))).to(logvar.dtype)
 
 
-def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """I_q(x; z) = E_x E_q[log q(z|x) − log q(z)], q(z) the mixture of the batch's posteriors (He et al., 2019).
+def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None, n_samples: int = 1) -> Tensor:
+    """I_q(x; z) = E_x E_q[log q(z|x) − log q(z)], q(z) the mixture of the batch's posteriors; a variant of He et al. (2019).
 
     One z_n is drawn from each q(z|x_n) and both log-densities are taken at it, so an encoder that
     ignores x scores exactly 0 and one that identifies every datapoint scores log N (eq. `eq-mi`).
+    He et al. use the analytic entropy −E_q[log q(z|x)] for the first term; here it is sampled at
+    the same z_n, which makes the estimate noisier but exactly 0 for a collapsed encoder. With
+    ``n_samples=K`` every datapoint gets K draws and the estimate is their average (less noise).
     """
-    z = reparameterize(mu, logvar, generator=generator)
-    return (log_normal(z, mu, logvar) - _log_aggregate(z, mu, logvar)).mean()
+    if n_samples == 1:
+        z = reparameterize(mu, logvar, generator=generator)
+        return (log_normal(z, mu, logvar) - _log_aggregate(z, mu, logvar)).mean()
+    z = reparameterize(mu, logvar, n_samples, generator)  # (K, N, d)
+    log_q = log_normal(z, mu, logvar).reshape(-1)
+    return (log_q - _log_aggregate(z.reshape(-1, mu.shape[-1]), mu, logvar)).mean()
 
 
 def aggregate_kl(mu: Tensor, logvar: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:

@@ -3,8 +3,11 @@
 Stochastic variational inference (SVI) gives every datapoint its own parameters (μ, log σ²) and
 climbs that datapoint's ELBO by gradient ascent; semi-amortized inference starts the same climb
 from the encoder's output. A batch is optimized as one ``(B, d)`` tensor: the objective is a sum
-over datapoints and Adam updates every coordinate separately, so each datapoint follows exactly
-the path it would follow alone.
+over datapoints and Adam updates every coordinate separately, so the gradient steps of one
+datapoint do not depend on the others. The result still depends on the batch in two ways: the
+stopping rule looks at the batch's mean objective, so every datapoint takes the same number of
+steps, and the noise draws of :func:`standardized_noise` come from one generator for the whole
+batch, so a datapoint gets different draws in a different batch.
 """
 
 from collections.abc import Callable
@@ -49,7 +52,9 @@ def standardized_noise(n_samples: int, shape: torch.Size, generator: torch.Gener
     """Draws ε of shape ``(K, B, d)`` made to have, for each datapoint, sample mean 0 and sample covariance I exactly (chapter 5).
 
     Moment matching: the fixed-noise ELBO is then exact whenever log p(x|z) is quadratic in z (a
-    linear-Gaussian decoder), and much less noisy otherwise. Needs K > d.
+    linear-Gaussian decoder), and much less noisy otherwise. Needs K > d. The price is a small bias in
+    higher moments: for d = 1, E[(1/K) Σ_k ε_k⁴] = 3(K − 1)/(K + 1) instead of 3, so the fixed-noise
+    ELBO is a consistent estimate with an O(1/K) bias, not an unbiased one.
     """
     n_points, z_dim = shape
     if n_samples <= z_dim:

@@ -149,7 +149,8 @@ class VAE(nn.Module):
     """A variational autoencoder: encoder q_φ(z|x), prior N(0, I), decoder p_θ(x|z) (chapters 3–6).
 
     ``likelihood`` is ``"bernoulli"`` (binary or grey pixels in [0, 1]), ``"gaussian"`` (learned
-    per-pixel variance) or ``"autoregressive"`` (a masked Bernoulli decoder that can ignore z).
+    per-pixel variance, or the fixed log-variance ``decoder_logvar`` of every pixel) or
+    ``"autoregressive"`` (a masked Bernoulli decoder that can ignore z).
     """
 
     def __init__(
@@ -159,6 +160,7 @@ class VAE(nn.Module):
         hidden: Sequence[int] = (256,),
         likelihood: str = "bernoulli",
         decoder_hidden: Sequence[int] | None = None,
+        decoder_logvar: float | None = None,
     ):
         super().__init__()
         _check_sizes(x_dim=x_dim, z_dim=z_dim)
@@ -166,11 +168,18 @@ class VAE(nn.Module):
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
         hidden = tuple(hidden)
         decoder_hidden = tuple(hidden if decoder_hidden is None else decoder_hidden)
+        if decoder_logvar is not None and likelihood != "gaussian":
+            raise ValueError(f"decoder_logvar fixes a Gaussian decoder's variance; likelihood={likelihood!r} has none")
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=hidden, likelihood=likelihood, decoder_hidden=decoder_hidden)
+        if decoder_logvar is not None:
+            self.config["decoder_logvar"] = float(decoder_logvar)
         self.x_dim, self.z_dim = x_dim, z_dim
         self.encoder = Encoder(x_dim, z_dim, hidden)
         decoder_class = {"bernoulli": BernoulliDecoder, "gaussian": GaussianDecoder, "autoregressive": AutoregressiveDecoder}
-        self.decoder = decoder_class[likelihood](z_dim, x_dim, decoder_hidden)
+        if decoder_logvar is None:
+            self.decoder = decoder_class[likelihood](z_dim, x_dim, decoder_hidden)
+        else:
+            self.decoder = GaussianDecoder(z_dim, x_dim, decoder_hidden, logvar=decoder_logvar)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(μ, log σ²) of q_φ(z|x)."""

@@ -208,8 +208,8 @@ def latent_usage(history: dict, title: str = "How much the code is used", ax=Non
     """KL, mutual information (nats, left axis) and active units (right axis) per epoch of a training history (chapter 6)."""
     ax = _axis(ax)
     epochs = np.arange(1, len(history["kl"]) + 1)
-    ax.plot(epochs, history["kl"], color=COLORS["kl"], label="KL(q(z|x) ‖ p(z)), training batches")
-    ax.plot(epochs, history["mi"], "--", color=COLORS["posterior"], label="mutual information $I_q(x; z)$, held out")
+    ax.plot(epochs, history["val_kl"], color=COLORS["kl"], label="KL(q(z|x) ‖ p(z)), validation")
+    ax.plot(epochs, history["mi"], "--", color=COLORS["posterior"], label="mutual information $I_q(x; z)$, validation")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per datapoint")
     ax.set_ylim(bottom=0)

@@ -33,6 +33,19 @@ def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Schedule:
     return lambda step: start + (end - start) * min(step / steps, 1.0)
 
 
+def validation_split(x: Tensor, fraction: float = 0.2, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Split the rows of ``x`` at random into (training, validation) parts, the second holding ``fraction`` of them.
+
+    Every decision taken while training (early stopping, a switch of mode, the choice of a model)
+    is taken on the validation part, so the test data stay untouched until the final numbers.
+    """
+    n_val = round(fraction * len(x))
+    if not 0 < n_val < len(x):
+        raise ValueError(f"fraction={fraction} of {len(x)} rows leaves one side empty; choose a fraction in (0, 1)")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x[order[n_val:]], x[order[:n_val]]
+
+
 def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """Index tensors of a fresh random permutation of ``range(n)``, ``batch_size`` at a time."""
     order = torch.randperm(n, generator=generator)

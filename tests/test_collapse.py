@@ -54,8 +54,9 @@ def test_without_aggressive_mode_it_is_the_standard_fit():
     a, b = tiny_vae(), tiny_vae()
     ours = collapse.aggressive_fit(a, x, x_test, aggressive=False, epochs=3, batch_size=32, seed=5)
     theirs = training.fit(b, x, epochs=3, batch_size=32, x_test=x_test, seed=5)
-    for key in ("elbo", "rec", "kl", "kl_weight", "test_elbo"):
+    for key in ("elbo", "rec", "kl", "kl_weight"):
         assert ours[key] == theirs[key]
+    assert ours["val_elbo"] == theirs["test_elbo"]
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
     assert ours["aggressive"] == [0.0] * 3 and ours["inner_steps"] == [0.0] * 3
@@ -80,11 +81,56 @@ def test_aggressive_training_runs_the_inner_loop_and_is_reproducible():
 
 def test_aggressive_mode_is_switched_off_when_the_mutual_information_stops_rising(monkeypatch):
     mi = iter([0.5, 1.0, 0.9, 2.0, 3.0])
-    monkeypatch.setattr(collapse, "latent_diagnostics", lambda model, x, generator=None: {"mi": next(mi), "au": 1.0})
+    monkeypatch.setattr(collapse, "latent_diagnostics", lambda model, x, generator=None: {"kl": 1.0, "mi": next(mi), "au": 1.0})
     history = collapse.aggressive_fit(tiny_vae(), tiny_data(), tiny_data(32, 1), epochs=5, batch_size=48, max_inner_steps=4, window=2)
     assert history["aggressive"] == [1.0, 1.0, 1.0, 0.0, 0.0]  # MI fell after epoch 3: never aggressive again
     assert history["inner_steps"][3:] == [0.0, 0.0]
     assert all(s >= 2 for s in history["inner_steps"][:3])
+
+
+def test_history_measures_kl_mi_and_active_units_on_the_validation_data():
+    x, x_val = tiny_data(), tiny_data(64, seed=1)
+    model = tiny_vae()
+    history = collapse.aggressive_fit(model, x, x_val, aggressive=False, epochs=2, batch_size=32)
+    with torch.no_grad():
+        mu, logvar = model.encode(x_val)
+    kl = (0.5 * (mu**2 + logvar.exp() - 1 - logvar)).sum(1).mean().item()  # closed form, written out
+    assert history["val_kl"][-1] == pytest.approx(kl, rel=1e-6)
+    assert history["au"][-1] == float((mu.var(0) > 0.01).sum())
+    assert history["val_elbo"][-1] <= 0
+    # the same data on both sides of I_q ≤ E[KL], so the estimate stays below it up to Monte Carlo noise
+    assert all(mi <= kl + 0.05 for mi, kl in zip(history["mi"], history["val_kl"]))
+
+
+def test_leaving_aggressive_mode_looks_only_at_the_validation_data(monkeypatch):
+    x, x_val = tiny_data(), tiny_data(32, 1)
+    seen = []
+
+    def diagnostics(model, data, generator=None):
+        seen.append(data)
+        return {"kl": 1.0, "mi": 1.0, "au": 1.0}
+
+    monkeypatch.setattr(collapse, "latent_diagnostics", diagnostics)
+    collapse.aggressive_fit(tiny_vae(), x, x_val, epochs=2, batch_size=48, max_inner_steps=2, window=1)
+    assert len(seen) == 2 and all(d is x_val for d in seen)
+
+
+def test_a_decoder_trained_with_its_code_stays_below_the_collapsed_optimum():
+    pixels = torch.cartesian_prod(*[torch.tensor([0.0, 1.0])] * 3)
+    p_data = torch.softmax(torch.randn(8, generator=torch.Generator().manual_seed(0)), 0)
+    fit = collapse.fit_on_grid(pixels, p_data, steps=300)
+    best = (p_data * p_data.log()).sum().item()  # the collapsed pair reaches this exactly
+    assert fit.elbo <= fit.log_px <= best
+    # training did something: far above the untrained start, and close to the bound
+    untrained = collapse.fit_on_grid(pixels, p_data, steps=0)
+    assert fit.elbo > untrained.elbo + 0.1 and best - fit.log_px < 0.2
+    # log p_θ(x) by an independent rule: self-normalized draws from the prior
+    z = torch.randn(200_000, 1, generator=torch.Generator().manual_seed(1))
+    logits = fit.decoder(z)[:, None, :]
+    log_lik = (pixels * logits - torch.nn.functional.softplus(logits)).sum(-1)
+    reference = (p_data * (torch.logsumexp(log_lik, 0) - math.log(len(z)))).sum().item()
+    assert fit.log_px == pytest.approx(reference, abs=5e-3)
+    assert fit.mu.abs().max() > 0.1  # the fitted q do depend on x: the code is used
 
 
 def test_callback_sees_epoch_zero_and_every_epoch_without_changing_training():
@@ -113,29 +159,31 @@ def test_posterior_means_match_self_normalized_importance_sampling():
 
 
 def test_run_reports_sensible_diagnostics():
-    x, x_test = tiny_data(), tiny_data(64, seed=1)
-    result = collapse.run(x, x_test, CONFIG, epochs=3, seed=0, n_samples=200, batch_size=32)
+    x, x_val, x_test = tiny_data(), tiny_data(48, seed=2), tiny_data(64, seed=1)
+    result = collapse.run(x, x_val, x_test, CONFIG, epochs=3, seed=0, n_samples=200, batch_size=32)
     assert result.nll > 0 and math.isfinite(result.nll)
     assert result.nll <= -result.elbo + 0.5  # importance sampling is at least as tight as the ELBO, up to noise
     assert result.kl >= 0 and 0 <= result.au <= CONFIG["z_dim"] and result.time > 0
     assert -0.2 <= result.mi <= math.log(len(x_test))  # the estimator cannot exceed log N
+    assert result.mi <= result.kl + 0.05  # measured on the same digits
     assert result.history["mi"][-1] == pytest.approx(result.mi, abs=0.3)
+    assert len(result.history["val_elbo"]) == 3
     assert result.snapshots == {}
 
 
 def test_run_snapshots_and_weighted_objectives():
     x, x_test = tiny_data(), tiny_data(64, seed=1)
     config = {**CONFIG, "z_dim": 1}
-    result = collapse.run(x, x_test, config, epochs=2, seed=0, n_samples=50, batch_size=32,
+    result = collapse.run(x, x_test[:32], x_test[32:], config, epochs=2, seed=0, n_samples=50, batch_size=32,
                           snapshot_x=x_test[:10], snapshot_epochs=(0, 2))
     assert sorted(result.snapshots) == [0, 2]
     model_mean, encoder_mean = result.snapshots[2]
     assert model_mean.shape == encoder_mean.shape == (10,)
-    annealed = collapse.run(x, x_test, config, epochs=2, beta=training.linear_warmup(4), n_samples=50, batch_size=32)
+    annealed = collapse.run(x, x_test[:32], x_test[32:], config, epochs=2, beta=training.linear_warmup(4), n_samples=50, batch_size=32)
     assert annealed.history["kl_weight"][0] < annealed.history["kl_weight"][1] <= 1.0
-    assert "mi" not in annealed.history and math.isfinite(annealed.mi)
+    assert "mi" not in annealed.history and math.isfinite(annealed.mi) and len(annealed.history["val_elbo"]) == 2
     with pytest.raises(ValueError, match="plain ELBO"):
-        collapse.run(x, x_test, config, epochs=1, beta=0.5, aggressive=True)
+        collapse.run(x, x_test, x_test, config, epochs=1, beta=0.5, aggressive=True)
 
 
 def test_table_shows_mean_and_standard_deviation():

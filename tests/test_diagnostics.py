@@ -64,8 +64,32 @@ def test_monte_carlo_estimators_agree_with_quadrature():
     agg = diagnostics.aggregate_kl(mu, logvar, n_samples=200, generator=g)
     assert mi.item() == pytest.approx(terms["mutual_information"].item(), abs=0.02)
     assert agg.item() == pytest.approx(terms["aggregate_kl"].item(), abs=0.01)
+    many = diagnostics.mutual_information(mu, logvar, generator=g, n_samples=50)
+    assert many.item() == pytest.approx(terms["mutual_information"].item(), abs=0.02)
+
+
+def test_more_draws_per_datapoint_make_the_mutual_information_less_noisy():
+    g = torch.Generator().manual_seed(6)
+    mu, logvar = torch.randn(100, 8, generator=g, dtype=torch.float64), torch.full((100, 8), -1.0, dtype=torch.float64)
+    one = torch.stack([diagnostics.mutual_information(mu, logvar, g) for _ in range(40)])
+    twenty = torch.stack([diagnostics.mutual_information(mu, logvar, g, n_samples=20) for _ in range(40)])
+    assert twenty.std() < 0.4 * one.std()  # about 1/√20 ≈ 0.22 of it
+    assert twenty.mean().item() == pytest.approx(one.mean().item(), abs=4 * one.std().item() / 40**0.5)
+    mean_kl = diagnostics.kl_per_dim(mu, logvar).sum()
+    assert twenty.max() <= mean_kl  # I_q ≤ E[KL] on the same data
 
 
 def test_surgery_on_grid_needs_a_one_dimensional_latent():
     with pytest.raises(ValueError, match="1-D latent"):
         diagnostics.surgery_on_grid(torch.zeros(5, 2), torch.zeros(5, 2))
+
+
+def test_the_aggregate_density_matches_the_mixture_written_out():
+    g = torch.Generator().manual_seed(7)
+    mu, logvar = torch.randn(30, 3, generator=g, dtype=torch.float64), torch.randn(30, 3, generator=g, dtype=torch.float64)
+    z = 2 * torch.randn(11, 3, generator=g, dtype=torch.float64)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=torch.zeros(30, dtype=torch.float64)),
+        torch.distributions.Independent(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), 1),
+    )
+    torch.testing.assert_close(diagnostics._log_aggregate(z, mu, logvar), mixture.log_prob(z))

@@ -35,6 +35,19 @@ def test_standardized_noise_has_exact_moments():
         inference.standardized_noise(3, torch.Size([6, 3]), torch.Generator())
 
 
+@pytest.mark.parametrize("n_samples", [4, 16, 64])
+def test_standardized_noise_biases_the_fourth_moment(n_samples):
+    # For d = 1 the standardized draws are a sample divided by its own standard deviation, and the
+    # expected sample kurtosis of normal draws is 3(K − 1)/(K + 1), not 3: moment matching makes
+    # the fixed-noise ELBO consistent, with an O(1/K) bias, rather than unbiased.
+    eps = inference.standardized_noise(n_samples, torch.Size([20_000, 1]), torch.Generator().manual_seed(0), torch.float64)
+    fourth = (eps**4).mean(0)  # one sample kurtosis per column
+    expected = 3 * (n_samples - 1) / (n_samples + 1)
+    assert abs(fourth.mean().item() - expected) < 5 * fourth.std().item() / 20_000**0.5
+    plain = torch.randn(n_samples, 20_000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert abs((plain**4).mean().item() - 3) < 0.1  # i.i.d. draws: unbiased
+
+
 def test_fixed_noise_elbo_is_exact_for_a_quadratic_log_likelihood(model, x):
     # log p(x|z) is quadratic in z, so matching the first two moments of ε makes the average exact.
     mu, logvar = random_q((8, 3), seed=2)

@@ -1,10 +1,12 @@
 """course_code.models: building, shapes, the autoregressive masks (by autograd), likelihoods against torch.distributions."""
 
+import math
+
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-from course_code import models, objectives
+from course_code import models, objectives, training
 
 X_DIM, Z_DIM, HIDDEN = 12, 3, (16,)
 
@@ -158,3 +160,15 @@ def test_non_finite_input_is_a_value_error(value):
 def test_non_tensor_input_is_a_type_error():
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         build("bernoulli").encode([[0.0] * X_DIM])
+
+
+def test_a_vae_can_fix_the_gaussian_decoders_variance(tmp_path):
+    model = models.VAE(x_dim=6, z_dim=2, hidden=(8,), likelihood="gaussian", decoder_logvar=-2.0)
+    assert not any(p is model.decoder.logvar for p in model.parameters())  # a constant, not trained
+    x, z = torch.rand(3, 6), torch.randn(3, 2)
+    expected = torch.distributions.Normal(model.decoder(z), math.exp(-1.0)).log_prob(x).sum(-1)
+    torch.testing.assert_close(model.log_likelihood(x, z), expected)
+    again = training.load(training.save(model, tmp_path / "fixed.pt"))
+    assert torch.equal(again.decoder.logvar, model.decoder.logvar)
+    with pytest.raises(ValueError, match="decoder_logvar"):
+        models.VAE(likelihood="bernoulli", decoder_logvar=0.0)

@@ -199,3 +199,14 @@ def test_evaluate_averages_over_the_whole_set(digits):
     assert chunked["kl"] == pytest.approx(kl, rel=1e-5)
     assert math.isfinite(chunked["elbo"]) and set(chunked) == {"elbo", "rec", "kl"}
     assert model.training  # evaluate restores the mode it found
+
+
+def test_validation_split_is_a_seeded_partition_of_the_rows():
+    x = torch.arange(50.0)[:, None]
+    train, val = training.validation_split(x, 0.2, seed=3)
+    assert len(train) == 40 and len(val) == 10
+    assert sorted(torch.cat([train, val])[:, 0].tolist()) == x[:, 0].tolist()
+    again, _ = training.validation_split(x, 0.2, seed=3)
+    assert torch.equal(train, again)
+    with pytest.raises(ValueError, match="fraction"):
+        training.validation_split(x, 0.0)
