@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NB     ?= book/*.ipynb
 export COURSE_PROGRESS ?= 0
 
-.PHONY: book test unit execute timings student grade benchmark clean
+.PHONY: book test unit execute timings student grade benchmark lock clean
 
 # A second set of CPU kernel code paths for the notebooks' second strict pass under `make test`:
 # PyTorch's generic (non-AVX) kernels, Intel MKL's and oneDNN's compatibility paths. They change the
@@ -15,43 +15,56 @@ export COURSE_PROGRESS ?= 0
 OTHER_KERNELS := ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE DNNL_MAX_CPU_ISA=SSE41
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
-# MathJax is served from the book's own static files, so equations typeset offline and when the
-# HTML is opened from disk. Fetched once from the npm registry, pinned and checked against its hash.
-MATHJAX_VERSION := 3.2.2
-MATHJAX_SHA512  := 06df9249553c7811b6ef30a155ec0e89c62ced7b1db78d2a9b8f94a47c97ee4d3f3bd36588f73ec7bee4d7f144b0fb2328f64626fb5164cd6f3be81e5b43a11b
-MATHJAX_DIR     := book/_static/mathjax
-MATHJAX         := $(MATHJAX_DIR)/.version-$(MATHJAX_VERSION)
+# requirements.txt is the lock: every package the course installs, dependencies included, each with
+# its hashes, made from requirements.in by `make lock` for the Python named in runtime.txt (which
+# Binder reads too). pip installs uv from the lock's own uv entry, then uv makes .venv hold exactly
+# the lock, checking every hash (it is several times faster than pip here; see the README).
+LOCK_PYTHON := $(patsubst python-%,%,$(strip $(file < runtime.txt)))
+UV_PIP      := $(BIN)/uv pip --quiet
+UV_LOCKED   := import re; print(re.search(r"^uv==.*?(?=^\S|\Z)", open("requirements.txt").read(), re.M | re.S)[0])
 
-$(STAMP): requirements.txt pyproject.toml | $(MATHJAX)
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -c '$(UV_LOCKED)' > $(VENV)/uv-requirement.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(VENV)/uv-requirement.txt
+	$(UV_PIP) sync --python $(BIN)/python --require-hashes requirements.txt
+	$(UV_PIP) install --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-$(MATHJAX):
-	@command -v npm >/dev/null || { echo "npm (Node.js) is needed once, to fetch MathJax $(MATHJAX_VERSION) from the npm registry" >&2; exit 1; }
-	rm -rf $(MATHJAX_DIR) && mkdir -p $(MATHJAX_DIR)
-	cd $(MATHJAX_DIR) && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
-	echo "$(MATHJAX_SHA512)  $(MATHJAX_DIR)/mathjax-$(MATHJAX_VERSION).tgz" | sha512sum --check --quiet
-	tar -xzf $(MATHJAX_DIR)/mathjax-$(MATHJAX_VERSION).tgz -C $(MATHJAX_DIR) --strip-components=1 package/LICENSE
-	tar -xzf $(MATHJAX_DIR)/mathjax-$(MATHJAX_VERSION).tgz -C $(MATHJAX_DIR) --strip-components=2 \
-	    package/es5/tex-chtml-full.js package/es5/output/chtml/fonts/woff-v2
-	rm $(MATHJAX_DIR)/mathjax-$(MATHJAX_VERSION).tgz
-	echo '*' > $(MATHJAX_DIR)/.gitignore
-	touch $@
+# MathJax is served from the book's own static files, so equations typeset offline and when the
+# HTML is opened from disk: its es5 build and fonts, copied from the locked django-static-mathjax
+# package, which must hold this version (tests/test_browser.py checks the one the pages run).
+MATHJAX_VERSION := 3.2.2
+MATHJAX_DIR     := book/_static/mathjax
+MATHJAX         := $(MATHJAX_DIR)/tex-chtml-full.js
 
-book: $(STAMP)          ## create .venv, install everything, build the HTML book
+$(MATHJAX): $(STAMP)
+	rm -rf $(MATHJAX_DIR) && mkdir -p $(MATHJAX_DIR)/output/chtml/fonts
+	src=$$($(BIN)/python -c "import mathjax, pathlib; print(pathlib.Path(mathjax.__file__).parent / 'static/mathjax')") && \
+	    cp $$src/LICENSE $$src/es5/tex-chtml-full.js $(MATHJAX_DIR)/ && \
+	    cp -r $$src/es5/output/chtml/fonts/woff-v2 $(MATHJAX_DIR)/output/chtml/fonts/
+	grep -q 'VERSION="$(MATHJAX_VERSION)"' $(MATHJAX) || { echo "$(MATHJAX) is not MathJax $(MATHJAX_VERSION)" >&2; exit 1; }
+	echo '*' > $(MATHJAX_DIR)/.gitignore
+
+lock:                   ## refresh requirements.txt (the lock) from requirements.in, with uv, from the package index
+	$(PYTHON) -m venv _build/lock-env
+	_build/lock-env/bin/python -m pip install --quiet --disable-pip-version-check "$$(grep -o '^uv==[^ ]*' requirements.in)"
+	_build/lock-env/bin/uv pip compile --quiet requirements.in --output-file requirements.txt --generate-hashes \
+	    --universal --python-version $(LOCK_PYTHON) --custom-compile-command "make lock"
+	rm -rf _build/lock-env
+
+book: $(STAMP) $(MATHJAX) ## create .venv, install everything, build the HTML book
 	$(BIN)/jupyter-book build . --builder html
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)          ## the whole suite: strict book build, unit tests, nbval on every notebook (twice), the browser test
+test: $(STAMP) $(MATHJAX) ## the whole suite: strict book build, unit tests, nbval on every notebook (twice), the browser test
 	$(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going --all
 	$(BIN)/python -m pytest tests book $(NBVAL)
 	@echo "Every notebook again, on other CPU kernel code paths ($(OTHER_KERNELS)):"
 	env $(OTHER_KERNELS) $(BIN)/python -m pytest book $(NBVAL)
 
-unit: $(STAMP)          ## the course_code unit tests alone
-	$(BIN)/python -m pytest tests --ignore=tests/test_browser.py
+unit: $(STAMP)          ## the course_code unit tests alone (not the browser and launch-path tests)
+	$(BIN)/python -m pytest tests --ignore=tests/test_browser.py --ignore=tests/test_launch.py
 
 execute: $(STAMP)       ## re-execute notebooks in place: make execute NB=book/02_elbo.ipynb
 	$(BIN)/python scripts/notebooks.py execute $(NB)
@@ -59,7 +72,7 @@ execute: $(STAMP)       ## re-execute notebooks in place: make execute NB=book/0
 timings: $(STAMP)       ## print how long every notebook takes to execute (nothing is written)
 	$(BIN)/python scripts/notebooks.py time $(NB)
 
-student: $(STAMP)       ## the student edition: notebooks with stubbed solutions, and an HTML build without solutions
+student: $(STAMP) $(MATHJAX) ## the student edition: notebooks with stubbed solutions, and an HTML build without solutions
 	$(BIN)/python -m course_code.instructor student
 
 grade: $(STAMP)         ## grade a folder of submitted notebooks: make grade SUBMISSIONS=path/to/folder [TIMEOUT=seconds]

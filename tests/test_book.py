@@ -90,7 +90,8 @@ def test_notebook_first_cell_installs_course_code_when_missing(path):
     guard = code_lines(install_guard())
     first = code_lines(first_code_cell(path))
     assert first[:len(guard)] == guard, (
-        f"{path.name}: the first code cell must begin with the guarded install of course_code:\n{install_guard()}")
+        f"{path.name}: the first code cell must begin with the guarded install of course_code from "
+        f"_config.yml's repository.url (python scripts/install_guard.py writes it):\n{install_guard()}")
 
 
 def test_install_guard_does_nothing_where_course_code_is_installed():
