@@ -43,7 +43,9 @@ def require_sandbox() -> None:
 
 
 def fingerprint(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+    """A hash of every file under the folders, and of the course's own notebooks."""
+    files = [p for f in folders for p in sorted(f.rglob("*")) if p.is_file()] + sorted((ROOT / "book").glob("*.ipynb"))
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def payload(code: str, **paths) -> str:
@@ -85,7 +87,7 @@ def hostile(tmp: Path) -> dict[str, list[str]]:
             print("grader arguments seen:", [a for a in seen if "submissions" in a or "course" in a])
             print("book readable:", os.path.exists({book}), os.path.exists({course_book}))
             open({neighbour}, "w").write("{{}}")""", book=ROOT / "book" / "02_elbo.ipynb",
-                          course_book=course / "book" / "09_fixture.ipynb", neighbour=folder / "zz-honest.ipynb")],
+                          course_book=course / "book" / "09_fixture.ipynb", neighbour=folder / "zz-honest" / "09_fixture.ipynb")],
         # 4. a grandchild detached with fork + setsid + fork, which outlives the kernel
         "survivor": [payload("""\
             import os, time
@@ -97,7 +99,7 @@ def hostile(tmp: Path) -> dict[str, list[str]]:
                     time.sleep({seconds})
                     try:
                         with open({csv}, "a") as f:
-                            f.write("survivor.ipynb,09_fixture,ok,1,1,pass,0.0,\\n")
+                            f.write("survivor/09_fixture.ipynb,09_fixture,ok,1,1,pass,0.0,\\n")
                         open({marker}, "w").write("alive")
                     finally:
                         os._exit(0)
@@ -139,11 +141,12 @@ def attacked(tmp_path_factory):
     wrong.cells[6].source = wrong.cells[6].source.replace("0.5 * (", "-0.5 * (")
     folder, scratch, output = tmp / "submissions", tmp / "scratch", tmp / "grades.csv"
     folder.mkdir(), scratch.mkdir()
-    (folder / "zz-honest.ipynb").write_text(nbformat.writes(solved))
-    (folder / "zz-wrong.ipynb").write_text(nbformat.writes(wrong))
-    for name, cells in hostile(tmp).items():
-        (folder / f"{name}.ipynb").write_text(submission(["from course_code import checks", *cells]))
-    before = fingerprint(folder, root, ROOT / "book")
+    files = {"zz-honest": nbformat.writes(solved), "zz-wrong": nbformat.writes(wrong)}
+    files.update({name: submission(["from course_code import checks", *cells]) for name, cells in hostile(tmp).items()})
+    for name, text in files.items():  # each in a folder of its own, named as the chapter
+        (folder / name).mkdir()
+        (folder / name / "09_fixture.ipynb").write_text(text)
+    before = fingerprint(folder, root)
     printed, start = io.StringIO(), time.monotonic()
     saved = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(scratch)  # where the grader makes each submission's folder
@@ -155,9 +158,9 @@ def attacked(tmp_path_factory):
     seconds = time.monotonic() - start
     sheet = output.read_bytes()
     time.sleep(SURVIVOR_SECONDS + 1)  # a survivor would have written by now
-    rows = {r["submission"].removesuffix(".ipynb"): r for r in csv.DictReader(io.StringIO(sheet.decode()))}
+    rows = {r["submission"].split("/")[0]: r for r in csv.DictReader(io.StringIO(sheet.decode()))}
     return {"code": code, "rows": rows, "printed": printed.getvalue(), "before": before, "seconds": seconds,
-            "after": fingerprint(folder, root, ROOT / "book"), "sheet": sheet, "sheet_later": output.read_bytes(),
+            "after": fingerprint(folder, root), "sheet": sheet, "sheet_later": output.read_bytes(),
             "scratch": sorted(p.name for p in scratch.iterdir()), "tmp": tmp}
 
 
@@ -195,13 +198,13 @@ def test_a_table_of_answers_fails_on_inputs_it_has_not_seen(attacked):
 def test_neighbours_and_the_books_are_out_of_sight(attacked):
     row = attacked["rows"]["snoop"]
     assert (row["status"], row["kl_standard_normal"]) == ("errors", "not attempted")
-    assert "raised FileNotFoundError" in row["message"] and "zz-honest.ipynb" in row["message"]
+    assert "raised FileNotFoundError" in row["message"] and "zz-honest/09_fixture.ipynb" in row["message"]
     assert attacked["rows"]["zz-honest"]["kl_standard_normal"] == "pass", "the neighbour was graded as handed in"
 
 
 def test_a_detached_process_dies_with_its_sandbox(attacked):
     assert attacked["rows"]["survivor"]["status"] == "ok"
-    assert "survivor.ipynb,09_fixture,ok,1,1,pass" not in attacked["sheet_later"].decode()
+    assert "survivor/09_fixture.ipynb,09_fixture,ok,1,1,pass" not in attacked["sheet_later"].decode()
     assert not (attacked["tmp"] / "scratch" / "survived").exists()
     sleeping = subprocess.run(["pgrep", "-f", f"^sleep {SURVIVOR_SLEEP}$"], capture_output=True, text=True).stdout
     assert sleeping == "", "the detached process outlived grading"
@@ -350,3 +353,12 @@ def test_a_check_fails_a_function_that_calls_its_reference_in_the_notebook():
         with pytest.raises(checks.CheckFailed, match="calls the reference implementation"):
             checks.kl_standard_normal(fn)
     assert distributions.kl_standard_normal(torch.zeros(1, 2), torch.zeros(1, 2)).item() == 0, "the reference is put back"
+
+
+def test_the_instructors_page_states_the_limits_the_code_sets():
+    page = " ".join((ROOT / "book" / "instructors.md").read_text().split())
+    limits = sandbox.Limits()
+    for phrase in (f"a time limit of {checks.TIME_LIMIT:g} s per input", f"a {limits.disk_mib} MiB in-memory folder",
+                   f"larger than {limits.file_mib} MiB", f"{limits.memory_mib} MiB of memory per process",
+                   f"{limits.processes} processes"):
+        assert phrase in page

@@ -96,6 +96,8 @@ def _bwrap(inbox: Path, limits: Limits) -> list[str]:
         args += ["--ro-bind-try", path, path]
     for prefix in dict.fromkeys((sys.base_prefix, sys.prefix, str(PACKAGE))):
         args += ["--ro-bind", prefix, prefix]
+    for folder in _data_folders():
+        args += ["--ro-bind-try", str(folder), str(folder)]
     args += ["--ro-bind", str(inbox), INBOX, "--size", str(limits.disk_mib << 20), "--tmpfs", HOME,
              "--remount-ro", "/", "--chdir", HOME]
     for key, value in {**_environment(HOME), "COURSE_GRADING_INBOX": INBOX}.items():
@@ -104,10 +106,23 @@ def _bwrap(inbox: Path, limits: Limits) -> list[str]:
 
 
 def _environment(home: str) -> dict[str, str]:
-    return {"HOME": home, "TMPDIR": home, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-            "PYTHONPATH": str(PACKAGE.parent), "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
-            "MPLBACKEND": "agg", "MPLCONFIGDIR": f"{home}/.matplotlib", "OMP_NUM_THREADS": "1",
-            "COURSE_PROGRESS": "0"}
+    """A submission's environment: nothing of the grader's but the dataset choice (see course_code.data)."""
+    env = {"HOME": home, "TMPDIR": home, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+           "PYTHONPATH": str(PACKAGE.parent), "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
+           "MPLBACKEND": "agg", "MPLCONFIGDIR": f"{home}/.matplotlib", "OMP_NUM_THREADS": "1",
+           "COURSE_PROGRESS": "0", "COURSE_DATA_HOME": str(_data_folders()[0])}
+    env.update({key: os.environ[key] for key in ("COURSE_DATASET", "COURSE_MNIST") if key in os.environ})
+    return env
+
+
+def _data_folders() -> list[Path]:
+    """The folders a chapter may read data from (MNIST's cache and COURSE_MNIST), visible read-only in the sandbox."""
+    from course_code import data
+
+    folders = [data.MNIST_DOWNLOAD_ROOT.expanduser().resolve()]
+    if os.environ.get("COURSE_MNIST", "download") != "download":
+        folders.append(Path(os.environ["COURSE_MNIST"]).expanduser().resolve())
+    return folders
 
 
 class _Cgroup:
