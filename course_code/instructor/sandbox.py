@@ -383,7 +383,11 @@ def _call(request: dict, out) -> None:
             return
     for case in request["cases"]:
         outcome = checks.run_case(fn, case, references, request["adapt"], request["seconds"])
-        out.write(json.dumps(encode_outcome(outcome)) + "\n")
+        try:
+            line = json.dumps(encode_outcome(outcome))
+        except Exception:  # a value that looks like data but cannot be read as such (a tensor on another device, …)
+            line = json.dumps({"returned": {"foreign": "a value that cannot be read back"}})
+        out.write(line + "\n")
         out.flush()
         if outcome[0] != "returned":
             return
