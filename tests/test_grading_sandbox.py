@@ -13,9 +13,7 @@ import csv
 import hashlib
 import io
 import os
-import shutil
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
