@@ -75,9 +75,9 @@ timings: $(STAMP)       ## print how long every notebook takes to execute (nothi
 student: $(STAMP) $(MATHJAX) ## the student edition: notebooks with stubbed solutions, and an HTML build without solutions
 	$(BIN)/python -m course_code.instructor student
 
-grade: $(STAMP)         ## grade a folder of submitted notebooks: make grade SUBMISSIONS=path/to/folder [TIMEOUT=seconds]
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=path/to/folder [TIMEOUT=seconds per notebook]" >&2; exit 2; }
-	$(BIN)/python -m course_code.instructor grade "$(SUBMISSIONS)" $(if $(TIMEOUT),--timeout $(TIMEOUT))
+grade: $(STAMP)         ## grade a folder of submitted notebooks, each in a sandbox: make grade SUBMISSIONS=path/to/folder [TIMEOUT=seconds] [NO_SANDBOX=1]
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=path/to/folder [TIMEOUT=seconds per notebook] [NO_SANDBOX=1 (trusted notebooks only)]" >&2; exit 2; }
+	$(BIN)/python -m course_code.instructor grade "$(SUBMISSIONS)" $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(NO_SANDBOX),--no-sandbox)
 
 benchmark: $(STAMP)     ## training-loop throughput against a DataLoader loop
 	$(BIN)/python benchmarks/throughput.py

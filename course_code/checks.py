@@ -3,25 +3,41 @@
 Each check runs your function on random and edge-case inputs, compares the result with the
 reference, and prints a verdict in plain words. A failing check raises :class:`CheckFailed`
 naming the input, the expected and obtained values, and a hint; a function that still raises
-``NotImplementedError`` counts as not attempted. When the environment variable
-``COURSE_CHECKS_LOG`` names a file, every verdict is also appended to it as a JSON line (this
-is how submissions are graded, see ``course_code.instructor``).
+``NotImplementedError`` counts as not attempted. Each input has a time limit (:data:`TIME_LIMIT`
+seconds), and while your function runs, the reference it is checked against is replaced by a
+tripwire: a function that calls the reference fails. When the environment variable
+``COURSE_CHECKS_LOG`` names a file, every verdict is also appended to it as a JSON line, for your
+own records (grading does not read it: see ``course_code.instructor.grading``).
 
 A chapter adds a check in a few lines: a function named after the exercise that calls
 :func:`compare` with the reference implementation, a list of input cases and a hint.
 """
 
+import contextlib
 import inspect
 import json
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from course_code import distributions
+
+
+TIME_LIMIT = 10.0
+"""Seconds each input may take before the check fails with "did not finish"."""
+
+case_seed = 0
+"""Added to the seed of every check's random inputs (the grader draws its own, so answers cannot be looked up)."""
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed + case_seed)
 
 
 class CheckFailed(AssertionError):
@@ -99,6 +115,8 @@ def _kind(value) -> str:
     """'a list', 'a numpy.ndarray', 'None': what a value is, in words."""
     if value is None:
         return "None"
+    if isinstance(value, Foreign):
+        return value.kind
     kind = type(value)
     name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
@@ -174,6 +192,119 @@ def _call(fn: Callable, case: dict):
     return fn(**case)
 
 
+class DidNotFinish(BaseException):
+    """Raised inside a learner's function when its time limit is reached (a BaseException, so ``except Exception`` does not stop it)."""
+
+
+class Foreign:
+    """A value a sandboxed function returned that cannot travel back as data, described in words ("a numpy.ndarray")."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+def reference_name(function: Callable) -> str:
+    """``module.name`` of a reference implementation, as :func:`tripwire` finds it."""
+    return f"{function.__module__}.{function.__name__}"
+
+
+def _resolve(name: str) -> Callable:
+    import importlib
+
+    module, attribute = name.rsplit(".", 1)
+    return getattr(importlib.import_module(module), attribute)
+
+
+class ReferenceCalled(BaseException):
+    """Raised by a tripwire: the learner's function called the reference implementation it is checked against."""
+
+
+_tripped: list[str] = []
+
+
+class _Tripwire:
+    """Stands in for a reference implementation while a learner's function runs: calling it fails the check."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        _tripped.append(self.name)
+        raise ReferenceCalled(f"{self.name} is the reference implementation this check compares with")
+
+
+@contextlib.contextmanager
+def tripwire(names: Sequence[str]) -> Iterator[None]:
+    """Replace each reference implementation ``module.name``, in every loaded module that holds it, by a :class:`_Tripwire`."""
+    swapped = []
+    for name in names:
+        original, attribute = _resolve(name), name.rsplit(".", 1)[1]
+        wire = _Tripwire(name)
+        for module in list(sys.modules.values()):
+            namespace = getattr(module, "__dict__", None)
+            if isinstance(namespace, dict) and namespace.get(attribute) is original:
+                swapped.append((namespace, attribute, original))
+                namespace[attribute] = wire
+    try:
+        yield
+    finally:
+        for namespace, attribute, original in reversed(swapped):
+            namespace[attribute] = original
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise :class:`DidNotFinish` in the running code after ``seconds`` (on POSIX, in the main thread; elsewhere no limit)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise DidNotFinish
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_case(fn: Callable, case: dict, references: Sequence[str] = (), adapt: Callable | None = None,
+             seconds: float | None = None) -> tuple:
+    """Run a learner's function on one input, with the tripwire set and a time limit; return what happened.
+
+    One of ``("returned", value)``, ``("raised", type name, text)``, ``("not attempted", error)``,
+    ``("did not finish",)`` or ``("reference", name)``. ``adapt`` turns ``fn`` into the function the inputs fit.
+    """
+    if isinstance(fn, _Tripwire):
+        return ("reference", fn.name)
+    for name in references:
+        original = _resolve(name)
+        if fn is original or getattr(fn, "__code__", None) is getattr(original, "__code__", False):
+            return ("reference", name)
+    _tripped.clear()
+    with tripwire(references):
+        try:
+            with time_limit(seconds or TIME_LIMIT):
+                value = _call(adapt(fn) if adapt else fn, case)
+        except DidNotFinish:
+            return ("did not finish",)
+        except ReferenceCalled as error:
+            return ("reference", str(error).split(" ", 1)[0])
+        except NotImplementedError as error:
+            outcome = ("not attempted", error)
+        except Exception as error:
+            outcome = ("raised", type(error).__name__, str(error))
+        else:
+            outcome = ("returned", value)
+    return ("reference", _tripped[0]) if _tripped else outcome
+
+
 def compare(
     name: str,
     fn: Callable,
@@ -182,10 +313,15 @@ def compare(
     hint: str = "",
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    references: Sequence[Callable] = (),
+    adapt: Callable[[Callable], Callable] | None = None,
 ) -> None:
     """Run ``fn`` and ``reference(**case)`` on every case; print the verdict, raise :class:`CheckFailed` on the first failure.
 
-    ``fn`` is called by keyword when its parameters are named like the keys of a case, by position otherwise.
+    ``fn`` is called by keyword when its parameters are named like the keys of a case, by position otherwise
+    (after ``adapt(fn)``, when given). ``references`` are the course's implementations of the answer: calling
+    one from ``fn`` fails the check. An ``fn`` whose type has a ``call_cases`` method runs elsewhere (grading):
+    ``fn.call_cases(cases, reference names, adapt, seconds)`` returns one outcome of :func:`run_case` per case.
     """
     hint_line = f"\n  hint: {hint}" if hint else ""
     if not callable(fn):
@@ -193,25 +329,33 @@ def compare(
                    f"but it was given {_kind(fn)}")
         _record(name, False, message)
         raise CheckFailed(message)
+    names = tuple(reference_name(f) for f in references)
+    if getattr(type(fn), "call_cases", None) is not None:
+        outcomes = iter(fn.call_cases(cases, names, adapt, TIME_LIMIT))
+    else:
+        outcomes = (run_case(fn, case, names, adapt, TIME_LIMIT) for case in cases)
     for number, case in enumerate(cases, start=1):
         with torch.no_grad():
             expected = reference(**case)
         where = f"on input {number} of {len(cases)}: {_describe(case)}"
-        try:
-            got = _call(fn, case)
-        except NotImplementedError:
+        kind, *details = next(outcomes, ("did not finish",))
+        if kind == "not attempted":
             _record(name, False, f"{name}: not attempted yet (the function still raises NotImplementedError)", "not attempted")
-            raise
-        except Exception as error:
-            message = f"{name}: your function raised {type(error).__name__}: {error}\n  {where}{hint_line}"
-            _record(name, False, message)
-            raise CheckFailed(message) from None
-        why = _mismatch(expected, got, atol, rtol)
-        if why is not None:
-            message = (f"{name}: {why}\n  {where}\n  expected: {_short(expected)}\n  obtained: {_short(got)}"
-                       f"{hint_line}")
-            _record(name, False, message)
-            raise CheckFailed(message)
+            raise details[0]
+        if kind == "returned":
+            why = _mismatch(expected, details[0], atol, rtol)
+            if why is None:
+                continue
+            message = f"{name}: {why}\n  {where}\n  expected: {_short(expected)}\n  obtained: {_short(details[0])}{hint_line}"
+        elif kind == "raised":
+            message = f"{name}: your function raised {details[0]}: {details[1]}\n  {where}{hint_line}"
+        elif kind == "reference":
+            message = (f"{name}: your function calls the reference implementation ({details[0]}) that this check "
+                       f"compares with: write the computation yourself\n  {where}")
+        else:
+            message = f"{name}: your function did not finish in {TIME_LIMIT:g} s\n  {where}{hint_line}"
+        _record(name, False, message)
+        raise CheckFailed(message)
     message = f"✔ {name}: passed on {len(cases)} inputs"
     _record(name, True, message)
     print(message)
@@ -219,7 +363,7 @@ def compare(
 
 def gaussian_cases(seed: int = 0) -> list[dict]:
     """Inputs (mu, logvar) for functions of a diagonal Gaussian: random batches and edge cases."""
-    g = torch.Generator().manual_seed(seed)
+    g = _generator(seed)
     return [
         {"mu": torch.zeros(1, 1), "logvar": torch.zeros(1, 1)},  # q equals the prior
         {"mu": torch.tensor([[1.5, -2.0]]), "logvar": torch.tensor([[0.0, 0.0]])},
@@ -237,12 +381,13 @@ def kl_standard_normal(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         distributions.kl_standard_normal,
         gaussian_cases(),
         hint="KL = ½ Σ_j (σ_j² + μ_j² − 1 − log σ_j²), summed over the last axis only; σ² = exp(logvar).",
+        references=(distributions.kl_standard_normal,),
     )
 
 
 def _estimator_cases(seed: int = 0) -> list[dict]:
     """Inputs (f, mu, sigma, eps) for per-sample gradient estimators of E_{N(μ,σ²)}[f(z)] (chapter 3)."""
-    g = torch.Generator().manual_seed(seed)
+    g = _generator(seed)
     return [
         {"f": torch.square, "mu": torch.tensor([1.0]), "sigma": torch.tensor([2.0]), "eps": torch.tensor([[0.5], [-1.0], [2.0]])},
         {"f": torch.sin, "mu": torch.tensor([0.3, -1.2]), "sigma": torch.tensor([0.5, 1.5]), "eps": torch.randn(6, 2, generator=g)},
@@ -261,6 +406,7 @@ def pathwise_gradient(fn: Callable) -> None:
         _estimator_cases(),
         hint="build z = mu + sigma * eps as a tensor that requires grad, then take torch.autograd.grad(f(z).sum(), z); "
         "return one estimate per row of eps (no mean).",
+        references=(gradients.pathwise,),
     )
 
 
@@ -274,12 +420,13 @@ def score_function_gradient(fn: Callable) -> None:
         lambda f, mu, sigma, eps: gradients.score_function(f, mu, sigma, eps)[0],
         _estimator_cases(),
         hint="∇_μ log N(z; μ, σ²) = (z − μ)/σ² = ε/σ; multiply it by f(z) itself (not by f'(z)), one estimate per row of eps.",
+        references=(gradients.score_function,),
     )
 
 
 def log_bernoulli_logits(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(x, logits)`` = log Bernoulli(x; sigmoid(logits)) summed over pixels, stable for large logits (chapter 4)."""
-    g = torch.Generator().manual_seed(0)
+    g = _generator(0)
     cases = [
         {"x": torch.tensor([[1.0, 0.0, 1.0]]), "logits": torch.tensor([[0.0, 0.0, 2.0]])},
         {"x": (torch.rand(4, 6, generator=g) > 0.5).float(), "logits": 3 * torch.randn(4, 6, generator=g)},
@@ -293,12 +440,13 @@ def log_bernoulli_logits(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         cases,
         hint="log σ(l) = −softplus(−l) and log(1 − σ(l)) = −softplus(l), so log p = Σ [x·l − softplus(l)] over the "
         "last axis; never compute sigmoid first (it rounds to exactly 0 or 1 for large |l|).",
+        references=(distributions.log_bernoulli,),
     )
 
 
 def iwae_from_log_weights(fn: Callable[[Tensor], Tensor]) -> None:
     """Check ``fn(log_w)`` = log (1/K) Σ_k exp(log_w[k]) per datapoint for log-weights of shape (K, B) (chapter 4, eq. `eq-iwae`)."""
-    g = torch.Generator().manual_seed(0)
+    g = _generator(0)
     cases = [
         {"log_w": torch.tensor([[0.0], [0.0]])},
         {"log_w": torch.randn(5, 3, generator=g)},
@@ -317,7 +465,7 @@ def iwae_from_log_weights(fn: Callable[[Tensor], Tensor]) -> None:
 
 def gaussian_log_likelihood(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(x, x_hat)`` = log N(x; x̂, I) per datapoint: −(D/2) log 2π − ½‖x − x̂‖² (chapter 1, eq. `eq-ae-mse`)."""
-    g = torch.Generator().manual_seed(0)
+    g = _generator(0)
     cases = [
         {"x": torch.zeros(1, 1), "x_hat": torch.zeros(1, 1)},
         {"x": torch.tensor([[1.0, 2.0, 3.0]]), "x_hat": torch.tensor([[1.0, 0.0, 3.5]])},
@@ -330,12 +478,13 @@ def gaussian_log_likelihood(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         lambda x, x_hat: distributions.log_normal(x, x_hat, 0.0),
         cases,
         hint="log N(x; x̂, I) = −(D/2)·log(2π) − ½ Σ_i (x_i − x̂_i)², with D = x.shape[-1]; sum over the last axis only.",
+        references=(distributions.log_normal,),
     )
 
 
 def kl_discrete(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(p, q)`` = KL(p ‖ q) = Σ_k p_k log(p_k / q_k) over the last axis, with 0·log 0 = 0 (chapter 1)."""
-    g = torch.Generator().manual_seed(0)
+    g = _generator(0)
     cases = [
         {"p": torch.tensor([[0.5, 0.5]]), "q": torch.tensor([[0.5, 0.5]])},
         {"p": torch.tensor([[0.9, 0.1]]), "q": torch.tensor([[0.5, 0.5]])},
@@ -350,12 +499,13 @@ def kl_discrete(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         cases,
         hint="KL(p ‖ q) = Σ_k p_k (log p_k − log q_k), summed over the last axis; terms with p_k = 0 contribute 0 "
         "(torch.where or torch.xlogy avoid 0·log 0 = nan).",
+        references=(torch.distributions.kl_divergence,),
     )
 
 
 def kl_normal(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(mu_q, logvar_q, mu_p, logvar_p)`` = KL between diagonal Gaussians per datapoint (chapter 2, eq. `eq-kl-gauss`)."""
-    g = torch.Generator().manual_seed(1)
+    g = _generator(1)
     cases = [
         {"mu_q": torch.zeros(1, 1), "logvar_q": torch.zeros(1, 1), "mu_p": torch.zeros(1, 1), "logvar_p": torch.zeros(1, 1)},
         {"mu_q": torch.tensor([[1.0, -1.0]]), "logvar_q": torch.zeros(1, 2), "mu_p": torch.tensor([[0.0, 1.0]]),
@@ -373,12 +523,13 @@ def kl_normal(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
         distributions.kl_normal,
         cases,
         hint="per coordinate, KL = ½ [log σ_p² − log σ_q² + (σ_q² + (μ_q − μ_p)²)/σ_p² − 1]; sum over the last axis only.",
+        references=(distributions.kl_normal,),
     )
 
 
 def elbo_from_samples(fn: Callable) -> None:
     """Check ``fn(log_lik, x, z, mu, logvar)`` = (1/K) Σ_k [log p(x|z_k) + log p(z_k) − log q(z_k|x)] for z of shape (K, B, d) (chapter 2)."""
-    g = torch.Generator().manual_seed(2)
+    g = _generator(2)
     W = torch.randn(5, 2, generator=g)
 
     def log_lik(x, z):  # a linear-Gaussian decoder: p(x|z) = N(x; Wz, I)
@@ -418,33 +569,39 @@ def free_bits_kl(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
         cases,
         hint="average each dimension's KL over the batch first (axis 0), then raise it to at least λ, then sum over "
         "the dimensions: a single number.",
+        references=(objectives.weighted_loss,),
     )
+
+
+def _with_generator(fn: Callable) -> Callable:
+    """``fn(mu, logvar, generator)`` called with a seed instead: both functions get a generator in the same state."""
+
+    def wrapped(mu, logvar, seed):
+        return fn(mu, logvar, torch.Generator().manual_seed(seed))
+
+    return wrapped
 
 
 def mutual_information(fn: Callable[[Tensor, Tensor, torch.Generator], Tensor]) -> None:
     """Check ``fn(mu, logvar, generator)`` = the minibatch estimate of I_q(x; z) (He et al., 2019; chapter 6)."""
     from course_code import diagnostics
 
-    g = torch.Generator().manual_seed(6)
+    g = _generator(6)
     cases = [
         {"mu": torch.zeros(2, 1), "logvar": torch.zeros(2, 1), "seed": 0},  # q(z|x) = p(z) for both points
         {"mu": 3 * torch.randn(50, 1, generator=g), "logvar": torch.randn(50, 1, generator=g) - 2, "seed": 1},
         {"mu": torch.randn(40, 3, generator=g), "logvar": torch.randn(40, 3, generator=g) - 1, "seed": 2},
         {"mu": 0.1 * torch.randn(100, 5, generator=g), "logvar": 0.1 * torch.randn(100, 5, generator=g), "seed": 3},
     ]
-    wrapped = fn
-    if callable(fn):  # both functions get a generator in the same state, so they draw the same z
-
-        def wrapped(mu, logvar, seed):
-            return fn(mu, logvar, torch.Generator().manual_seed(seed))
-
     return compare(
         "mutual_information",
-        wrapped,
+        fn,
         lambda mu, logvar, seed: diagnostics.mutual_information(mu, logvar, torch.Generator().manual_seed(seed)),
         cases,
         hint="draw one z_n per datapoint with distributions.reparameterize(mu, logvar, generator=generator); average "
         "log q(z_n|x_n) − log q(z_n) over n, where log q(z_n) = logsumexp over m of log q(z_n|x_m), minus log N.",
+        adapt=_with_generator,
+        references=(diagnostics.mutual_information,),
     )
 
 
@@ -452,7 +609,7 @@ def fixed_noise_elbo(fn: Callable) -> None:
     """Check ``fn(log_lik, x, mu, logvar, eps)`` = (1/K) Σ_k log p(x | μ + σ ⊙ ε_k) − KL(q ‖ p(z)) per datapoint (chapter 5, eq. `eq-elbo-fixed-noise`)."""
     from course_code import inference
 
-    g = torch.Generator().manual_seed(7)
+    g = _generator(7)
     W = torch.randn(6, 3, generator=g)
 
     def log_lik(x, z):  # a Bernoulli decoder whose logits are linear in z
@@ -469,6 +626,7 @@ def fixed_noise_elbo(fn: Callable) -> None:
         cases,
         hint="z = mu + exp(½·logvar)·eps has shape (K, B, d); average log_lik(x, z) over the sample axis 0, then subtract "
         "the closed-form KL(q ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²), summed over the last axis.",
+        references=(inference.fixed_noise_elbo,),
     )
 
 
@@ -476,7 +634,7 @@ def gap_summary(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(log_px, elbo_best, elbo_amortized)`` = the (3, 2) table of means and standard errors of the approximation, amortization and total gaps (chapter 5, eq. `eq-gap-decomposition`)."""
     from course_code import inference
 
-    g = torch.Generator().manual_seed(8)
+    g = _generator(8)
     cases = [{"log_px": torch.tensor([-10.0, -12.0]), "elbo_best": torch.tensor([-11.0, -12.5]), "elbo_amortized": torch.tensor([-13.0, -12.5])}]
     for n in (7, 50):
         log_px = torch.randn(n, generator=g) - 20
@@ -490,4 +648,5 @@ def gap_summary(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
         hint="per datapoint: approximation = log p(x) − ELBO(q*), amortization = ELBO(q*) − ELBO(q_φ), total = their sum; "
         "rows in that order, columns the mean and the standard error = sample standard deviation (n − 1 in the "
         "denominator, torch.std's default) divided by √n.",
+        references=(inference.gap_summary,),
     )

@@ -4,5 +4,5 @@
     python -m course_code.instructor grade SUBMISSIONS  # _build/grades.csv
 
 Chapters never import this package; it reads the book's notebooks with nbformat and runs
-submissions with nbclient.
+submissions with nbclient, each in a bubblewrap sandbox (see ``sandbox``).
 """

@@ -21,6 +21,7 @@ SOLUTION_START = re.compile(_FENCE + r"\{solution-start\}[ \t]*(?P<label>\S*)", 
 SOLUTION_END = re.compile(_FENCE + r"\{solution-end\}", re.MULTILINE)
 _EXERCISE_LABEL = re.compile(r"^[ \t]*:label:[ \t]*(\S+)", re.MULTILINE)
 _CHECK_CALL = re.compile(r"\bchecks\.([A-Za-z_]\w*)\s*\(")
+_CHECKED_FUNCTION = re.compile(r"\bchecks\.([A-Za-z_]\w*)\s*\(\s*([A-Za-z_]\w*)\s*\)")
 _MARKER = re.compile(r"^[ \t]*# (BEGIN|END) SOLUTION[ \t]*$", re.MULTILINE)
 
 
@@ -147,3 +148,17 @@ def solution_checks(nb: nbformat.NotebookNode, name: str = "notebook") -> list[s
             if nb.cells[index].cell_type == "code":
                 calls += check_calls(nb.cells[index].source)
     return list(dict.fromkeys(calls))
+
+
+def checked_functions(nb: nbformat.NotebookNode, name: str = "notebook") -> dict[str, str]:
+    """For each check a notebook's solutions call as ``checks.<check>(<function>)``: the name of the function checked.
+
+    This is the name the grader looks for in a submission, whether or not the submission still calls the check.
+    """
+    found = {}
+    for solution in solutions(nb, name):
+        for index in solution.inner:
+            if nb.cells[index].cell_type == "code":
+                for check, function in _CHECKED_FUNCTION.findall(nb.cells[index].source):
+                    found.setdefault(check, function)
+    return found

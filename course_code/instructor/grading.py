@@ -1,22 +1,32 @@
-"""Grading: run every submitted notebook with a time limit, collect its check verdicts, write a CSV.
+"""Grading: run every submitted notebook in a sandbox, then call its graded functions and judge them here.
 
-Each submission is executed top to bottom in a fresh kernel, in a scratch directory, with
-``COURSE_CHECKS_LOG`` pointing at a log of its own; cells that raise do not stop the run, so a
-learner who skipped one exercise is still graded on the others. A submission is matched to its
-chapter by the exercise labels it contains (or by its file name) and graded on that chapter's
-checks: pass, fail, or missing (never run, or still raising ``NotImplementedError``).
+Each submission is executed top to bottom in a fresh kernel inside a sandbox (see
+:mod:`course_code.instructor.sandbox`), in an empty working folder of its own; cells that raise do
+not stop the run, so a learner who skipped one exercise is still graded on the others. A submission
+is matched to its chapter by the exercise labels it contains (or by its file name) and graded on
+that chapter's checks. For each check, the function the chapter's solution hands to it (``kl_normal``
+in ``checks.kl_normal(kl_normal)``) is taken from the submission's kernel after the run and called
+in a fresh sandboxed process on inputs drawn with a seed the submission cannot know, with the
+reference implementation replaced by a tripwire; only the returned values come back, and the
+grader compares them with the reference itself. Nothing the notebook prints or writes is read as a
+verdict. Each check is pass, fail, or not attempted (no such function, or it still raises
+``NotImplementedError``).
 
 The status column says how the run went: ``ok``; ``errors`` (it ran to the end, some cells raised);
 ``timeout``; ``crashed`` (the kernel died or could not start); ``invalid`` (not a readable
 notebook); ``empty`` (no code to run). A submission's problem never stops the others' grading.
 """
 
+import base64
+import contextlib
 import csv
+import io
 import json
 import logging
 import math
 import multiprocessing
 import os
+import secrets
 import subprocess
 import tempfile
 import time
@@ -29,7 +39,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4.nbbase import random_cell_id
 
-from course_code.instructor import book
+from course_code import checks
+from course_code.instructor import book, sandbox
 
 _QUIET = logging.getLogger("course_code.instructor.kernel")
 _QUIET.addHandler(logging.NullHandler())
@@ -43,6 +54,7 @@ class Chapter:
     name: str
     labels: frozenset[str]
     checks: tuple[str, ...]
+    functions: tuple[tuple[str, str], ...] = ()  # (check, name of the function it is given)
 
 
 @dataclass
@@ -66,7 +78,8 @@ def chapters(root: Path = book.ROOT) -> list[Chapter]:
     found = []
     for path in book.toc_notebooks(root):
         nb = book.read(path)
-        found.append(Chapter(path.stem, frozenset(book.exercise_labels(nb)), tuple(book.solution_checks(nb, path.name))))
+        found.append(Chapter(path.stem, frozenset(book.exercise_labels(nb)), tuple(book.solution_checks(nb, path.name)),
+                             tuple(book.checked_functions(nb, path.name).items())))
     return found
 
 
@@ -114,12 +127,16 @@ def _cell(index: int, cell) -> str:
     return f"cell {index + 1} ({_first_line(cell.source, 50)!r})"
 
 
-def execute(nb: nbformat.NotebookNode, workdir: Path, log: Path, timeout: float) -> tuple[str, str]:
-    """Run every code cell in a fresh kernel within ``timeout`` seconds in all; return (status, message)."""
-    env = {**os.environ, "COURSE_CHECKS_LOG": str(log), "COURSE_PROGRESS": "0"}
+def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, extract: str = "") -> tuple[str, str, str]:
+    """Run every code cell in a fresh kernel within ``timeout`` seconds in all; return (status, message, printed).
+
+    ``extract`` is code run in the same kernel after the notebook (unless it timed out or died);
+    ``printed`` is what it printed.
+    """
+    env = {**os.environ, "COURSE_PROGRESS": "0"}
     client = NotebookClient(nb, kernel_name="python3", allow_errors=True, log=_QUIET,
                             resources={"metadata": {"path": str(workdir)}})
-    errors, index, cell = [], 0, None
+    errors, index, cell, printed = [], 0, None, ""
     try:
         with client.setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):  # no kernel log lines
             deadline = time.monotonic() + timeout
@@ -132,66 +149,132 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, log: Path, timeout: float)
                 client.timeout = max(1, math.ceil(remaining))
                 client.execute_cell(cell, index)
                 errors += [(index, cell, o) for o in cell.outputs if o.output_type == "error"]
+            if extract:
+                nb.cells.append(nbformat.v4.new_code_cell(extract))
+                client.timeout = 120
+                client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+                printed = "".join(o.get("text", "") for o in nb.cells.pop().outputs if o.get("name") == "stdout")
     except CellTimeoutError:
-        return "timeout", f"stopped at the time limit of {timeout:g} s, in {_cell(index, cell)}"
+        return "timeout", f"stopped at the time limit of {timeout:g} s, in {_cell(index, cell)}", ""
     except DeadKernelError:
         where = f" in {_cell(index, cell)}" if cell is not None else ""
-        return "crashed", f"the kernel died{where} (out of memory, or the code ended the process)"
+        return "crashed", f"the kernel died{where} (out of memory or CPU time, or the code ended the process)", ""
     except Exception as error:  # the kernel could not start or talk: record it, grade the others
-        return "crashed", f"could not run the notebook: {type(error).__name__}: {_first_line(str(error))}"
+        return "crashed", f"could not run the notebook: {type(error).__name__}: {_first_line(str(error))}", ""
     if not errors:
-        return "ok", ""
+        return "ok", "", printed
     index, cell, output = errors[0]
     more = f" ({len(errors)} cells raised errors)" if len(errors) > 1 else ""
-    return "errors", f"{_cell(index, cell)} raised {output.ename}: {_first_line(output.evalue)}{more}"
+    return "errors", f"{_cell(index, cell)} raised {output.ename}: {_first_line(output.evalue)}{more}", printed
 
 
-def read_verdicts(log: Path, expected: tuple[str, ...]) -> dict[str, str]:
-    """pass, fail or missing for each expected check, from a checks log (fail wins over pass)."""
-    seen: dict[str, set[str]] = {}
-    if log.exists():
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+class Submitted:
+    """A learner's function as the grader holds it: bytes it never loads, called in a fresh sandboxed process.
+
+    Handed to a check in place of the function (``checks.kl_normal(Submitted(...))``), it runs the
+    check's inputs through :func:`sandbox.run`; the check compares what comes back with its reference.
+    """
+
+    def __init__(self, blob: bytes, folder: Path, limits: sandbox.Limits, sandboxed: bool):
+        self.blob, self.folder, self.limits, self.sandboxed = blob, folder, limits, sandboxed
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError("a submitted function is called only through its check (call_cases)")
+
+    def call_cases(self, cases, references, adapt, seconds) -> list[tuple]:
+        import cloudpickle
+        import torch
+
+        request = cloudpickle.dumps({"function": self.blob, "cases": list(cases), "references": list(references),
+                                     "adapt": adapt, "seconds": seconds, "dtype": str(torch.get_default_dtype())[6:]})
+        result = sandbox.run(["call"], request, self.folder, 30 + seconds * len(cases), self.limits, self.sandboxed)
+        outcomes = []
+        for line in result.stdout.splitlines():
             try:
-                entry = json.loads(line)
-                seen.setdefault(str(entry["check"]), set()).add(str(entry["verdict"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a line the notebook wrote itself, not a verdict
-    verdicts = {}
-    for check in expected:
-        found = seen.get(check, set())
-        verdicts[check] = "fail" if "fail" in found else "pass" if "pass" in found else "missing"
-    return verdicts
+                outcomes.append(sandbox.decode_outcome(line))
+            except (ValueError, TypeError):
+                outcomes.append(("raised", "an unreadable result", "what came back is not a value the check can read"))
+                break
+        return outcomes  # a missing outcome (the process was stopped) is judged "did not finish"
 
 
-def grade_notebook(path: Path, name: str, known: list[Chapter], timeout: float) -> Grade:
-    """Execute one submission and grade it; any problem is recorded in the returned row."""
+def run_checks(chapter_checks: dict[str, str], functions: dict[str, str], folder: Path, limits: sandbox.Limits,
+               sandboxed: bool) -> tuple[dict[str, str], list[str]]:
+    """Call each check on the submitted function it grades; return the verdicts and the reasons for failures."""
+    verdicts, reasons = {}, []
+    for check, name in chapter_checks.items():
+        blob = functions.get(name)
+        if not isinstance(blob, str):
+            verdicts[check] = "not attempted"
+            continue
+        try:
+            function = Submitted(base64.b64decode(blob, validate=True), folder, limits, sandboxed)
+            with contextlib.redirect_stdout(io.StringIO()):
+                getattr(checks, check)(function)
+            verdicts[check] = "pass"
+        except NotImplementedError:
+            verdicts[check] = "not attempted"
+        except checks.CheckFailed as failure:
+            verdicts[check] = "fail"
+            reasons.append(_first_line(str(failure), 300))
+        except Exception as error:  # a value the check could not read, or an undecodable function
+            verdicts[check] = "fail"
+            reasons.append(f"{check}: could not be graded: {type(error).__name__}: {_first_line(str(error))}")
+    return verdicts, reasons
+
+
+def grade_notebook(path: Path, name: str, known: list[Chapter], timeout: float, sandboxed: bool = True,
+                   limits: sandbox.Limits = sandbox.Limits(), seed: int = 0) -> Grade:
+    """Run one submission in a sandbox and grade it; any problem is recorded in the returned row.
+
+    ``seed`` is added to the seeds of the checks' random inputs.
+    """
     row, start = Grade(name), time.monotonic()
+    checks.case_seed = seed
     try:
         nb = read_submission(path)
     except ValueError as error:
-        chapter = match_chapter(path, None, known)
-        row.chapter, row.status, row.message = (chapter.name if chapter else ""), "invalid", str(error)
-        row.verdicts = dict.fromkeys(chapter.checks if chapter else (), "missing")
-        return row
+        nb, row.status, row.message = None, "invalid", str(error)
     chapter = match_chapter(path, nb, known)
-    if nb is None:
-        row.chapter, row.status, row.message = (chapter.name if chapter else ""), "empty", "the file is empty"
-        row.verdicts = dict.fromkeys(chapter.checks if chapter else (), "missing")
-        return row
-    all_checks = {c for ch in known for c in ch.checks}
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    expected = chapter.checks if chapter else tuple(c for c in book.check_calls(code) if c in all_checks)
     row.chapter = chapter.name if chapter else ""
-    if not code.strip():
+    functions = dict(f for c in known for f in c.functions)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code") if nb is not None else ""
+    expected = chapter.checks if chapter else tuple(c for c in book.check_calls(code) if c in functions)
+    row.verdicts = dict.fromkeys(expected, "not attempted")
+    if row.status == "ok" and nb is None:
+        row.status, row.message = "empty", "the file is empty"
+    elif row.status == "ok" and not code.strip():
         row.status, row.message = "empty", "the notebook has no code to run"
-        row.verdicts = dict.fromkeys(expected, "missing")
-        return row
-    with tempfile.TemporaryDirectory(prefix="grading-") as scratch:
-        log = Path(scratch) / "checks.jsonl"
-        row.status, row.message = execute(nb, Path(scratch), log, timeout)
-        row.verdicts = read_verdicts(log, expected)
+    if row.status == "ok":
+        wanted = {check: (dict(chapter.functions) if chapter else functions).get(check, check) for check in expected}
+        with tempfile.TemporaryDirectory(prefix="grading-") as folder:
+            nbformat.write(nb, Path(folder) / path.name)
+            row.status, row.message, found = run_notebook(path.name, Path(folder), timeout, list(wanted.values()),
+                                                         limits, sandboxed)
+            row.verdicts, reasons = run_checks(wanted, found, Path(folder), limits, sandboxed)
+        row.message = "; ".join([row.message] * bool(row.message) + [r for r in reasons if r not in row.message])
+    if not sandboxed:
+        row.message = "not sandboxed" + (f"; {row.message}" if row.message else "")
     row.seconds = time.monotonic() - start
     return row
+
+
+def run_notebook(name: str, folder: Path, timeout: float, functions: list[str], limits: sandbox.Limits,
+                 sandboxed: bool) -> tuple[str, str, dict]:
+    """Execute the notebook ``folder/name`` in a sandbox; return its status, message and graded functions (cloudpickle, base64)."""
+    request = json.dumps({"notebook": name, "timeout": timeout, "functions": functions}).encode()
+    result = sandbox.run(["notebook"], request, folder, timeout + 60, limits, sandboxed)
+    if result.timed_out:
+        return "timeout", f"stopped at the time limit of {timeout:g} s", {}
+    try:
+        report = json.loads(result.stdout)
+        status, message, found = str(report["status"]), str(report["message"]), dict(report["functions"])
+    except (ValueError, KeyError, TypeError):
+        why = "it printed too much" if result.too_much else f"exit code {result.returncode}"
+        return "crashed", f"the sandbox ended without a report ({why}): out of memory, or the code ended the process", {}
+    if status not in ("ok", "errors", "timeout", "crashed"):
+        status, message = "crashed", "the sandbox's report is not one the grader writes"
+    return status, message[:500], found
 
 
 def submissions(folder: Path) -> list[Path]:
@@ -199,27 +282,59 @@ def submissions(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and p.is_file())
 
 
+def check_output(path: Path) -> None:
+    """Fail now, before any notebook runs, when the grade sheet could not be written at ``path``."""
+    if path.is_dir():
+        raise FileNotFoundError(f"--output {path} is a folder: give the path of the CSV file to write")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"--output {path} is under {parent}, which is a file: give a path in a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FileNotFoundError(f"--output {path}: the folder {parent} is not writable")
+
+
 def write_csv(grades: list[Grade], checks: list[str], path: Path) -> None:
-    """One row per submission: status, passed count, one column per check (blank: not this chapter's), message."""
+    """One row per submission: status, passed count, one column per check (blank: not this chapter's), message.
+
+    The file is written whole or not at all: to a temporary file next to it, then renamed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["submission", "chapter", "status", "passed", "checks", *checks, "seconds", "message"])
-        for g in grades:
-            writer.writerow([g.submission, g.chapter, g.status, g.passed, len(g.verdicts),
-                             *(g.verdicts.get(c, "") for c in checks), f"{g.seconds:.1f}", g.message])
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(handle, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["submission", "chapter", "status", "passed", "checks", *checks, "seconds", "message"])
+            for g in grades:
+                writer.writerow([g.submission, g.chapter, g.status, g.passed, len(g.verdicts),
+                                 *(g.verdicts.get(c, "") for c in checks), f"{g.seconds:.1f}", g.message])
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
-def grade(folder: Path, output: Path, timeout: float, root: Path = book.ROOT, jobs: int = 1) -> list[Grade]:
-    """Grade every notebook under ``folder`` against the book at ``root``, ``jobs`` at a time; write the CSV."""
+def grade(folder: Path, output: Path, timeout: float, root: Path = book.ROOT, jobs: int = 1, sandboxed: bool = True,
+          limits: sandbox.Limits = sandbox.Limits()) -> list[Grade]:
+    """Grade every notebook under ``folder`` against the book at ``root``, ``jobs`` at a time; write the CSV.
+
+    Refuses to start (RuntimeError) when ``sandboxed`` and bubblewrap cannot make a sandbox here.
+    """
+    check_output(output)
+    if sandboxed and (why := sandbox.missing()) is not None:
+        raise RuntimeError(why)
     known = chapters(root)
     checks = list(dict.fromkeys(c for chapter in known for c in chapter.checks))
     paths = submissions(folder)
     if not paths:
         raise FileNotFoundError(f"no notebooks (*.ipynb) under {folder}")
     names = [str(path.relative_to(folder)) for path in paths]
+    seed = secrets.randbelow(2**31)  # the checks' random inputs differ from the ones a learner can see
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(grade_notebook, path, name, known, timeout) for path, name in zip(paths, names)]
+        futures = [pool.submit(grade_notebook, path, name, known, timeout, sandboxed, limits, seed)
+                   for path, name in zip(paths, names)]
         for future in as_completed(futures):
             row = future.result()
             print(f"{row.submission}: {row.status}, {row.passed}/{len(row.verdicts)} checks passed"
