@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from course_code import diagnostics, models, training
+from course_code import arguments, diagnostics, models, training
 from course_code.tractable import GridModel
 
 Callback = Callable[[int, nn.Module], None]  # (epoch, model), called before training (epoch 0) and after each epoch
@@ -42,8 +42,8 @@ def encoder_steps(
     The loss is averaged over consecutive windows of ``window`` steps; the loop stops when a window's
     average is no lower than the one before, or after ``max_steps`` steps. Returns the number of steps taken.
     """
-    if max_steps < 1 or window < 1:
-        raise ValueError(f"max_steps and window must be positive, got max_steps={max_steps}, window={window}")
+    arguments.integer("max_steps", max_steps)
+    arguments.integer("window", window)
     model.decoder.requires_grad_(False)  # the decoder is a constant here: no gradients, no updates
     try:
         previous, total = math.inf, 0.0
@@ -97,11 +97,14 @@ def aggressive_fit(
     model)`` runs without gradients before training (epoch 0) and after every epoch; it must not
     draw from torch's global random generator. The same seed gives bit-for-bit the same run.
     """
-    training.check_training_data(x, epochs, batch_size)
-    if not isinstance(x_test, Tensor):
-        raise TypeError(f"x_test must be a torch.Tensor, got {type(x_test).__name__}")
+    training.check_training_data(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    training.check_data("x_test", model, x_test)
     if len(x_test) < 2:
-        raise ValueError("the held-out set needs at least two points (for MI and active units)")
+        raise ValueError(f"x_test needs at least two points (for MI and active units), got {len(x_test)}")
+    arguments.integer("max_inner_steps", max_inner_steps)
+    arguments.integer("window", window)
+    if callback is not None:
+        arguments.function("callback", callback)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     mi_generator = torch.Generator().manual_seed(seed + 1)  # the MI estimate must not disturb training

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from course_code import arguments
+
 DATASETS = ("digits", "mnist")
 BINARIZATIONS = (None, "threshold", "dynamic")
 MNIST_DOWNLOAD_ROOT = Path(os.environ.get("COURSE_DATA_HOME", Path.home() / ".cache" / "course_code"))
@@ -74,6 +76,13 @@ class Dataset:
 
 def binarize(x: Tensor, method: str = "threshold", threshold: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """Turn grey levels in [0, 1] into 0/1 pixels: a fixed threshold, or a Bernoulli draw ("dynamic")."""
+    arguments.tensor("x", x)
+    arguments.number("threshold", threshold)
+    if method == "dynamic" and ((x < 0).any() or (x > 1).any()):
+        raise ValueError(
+            f"dynamic binarization draws each pixel as 1 with probability x, so x must lie in [0, 1]; it ranges over "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]. Scale the data first (x / 255 for 8-bit pixels)."
+        )
     if method == "threshold":
         return (x > threshold).to(x.dtype)
     if method == "dynamic":
@@ -81,9 +90,13 @@ def binarize(x: Tensor, method: str = "threshold", threshold: float = 0.5, gener
     raise ValueError(f"unknown binarization {method!r}; choose 'threshold' or 'dynamic'")
 
 
-def _finish(name, x_train, y_train, x_test, y_test, image_shape, method, seed) -> Dataset:
+def _check_options(method: str | None, seed: int) -> None:
     if method not in BINARIZATIONS:
         raise ValueError(f"unknown binarization {method!r}; choose one of {BINARIZATIONS}")
+    arguments.integer("seed", seed, minimum=0)
+
+
+def _finish(name, x_train, y_train, x_test, y_test, image_shape, method, seed) -> Dataset:
     if method == "threshold":
         x_train, x_test = binarize(x_train), binarize(x_test)
     elif method == "dynamic":  # the test set is binarized once, with a fixed seed
@@ -93,6 +106,10 @@ def _finish(name, x_train, y_train, x_test, y_test, image_shape, method, seed) -
 
 def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's 8×8 digits scaled to [0, 1], with a fixed, stratified, seeded train/test split."""
+    arguments.number("test_fraction", test_fraction, positive=True)
+    if not test_fraction < 1:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    _check_options(binarize, seed)
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
@@ -108,6 +125,7 @@ def load_digits(binarize: str | None = None, test_fraction: float = 0.2, seed: i
 
 def load_mnist(source: str | os.PathLike = "download", binarize: str | None = None, seed: int = 0) -> Dataset:
     """MNIST: ``source`` is ``"download"`` (through torchvision, cached) or a folder of the four files (or ``<dir>/MNIST/raw/``)."""
+    _check_options(binarize, seed)
     if str(source) == "download":
         folder = _download_mnist(MNIST_DOWNLOAD_ROOT)
     else:
@@ -230,7 +248,10 @@ _HOW_TO = (
 
 def load(name: str | None = None, binarize: str | None = None, mnist: str | None = None, seed: int = 0) -> Dataset:
     """The course's dataset: ``name`` defaults to ``$COURSE_DATASET`` or ``"digits"``; MNIST comes from ``$COURSE_MNIST``."""
-    name = (name or os.environ.get("COURSE_DATASET") or "digits").lower()
+    name = name or os.environ.get("COURSE_DATASET") or "digits"
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a dataset name, one of {DATASETS}; got {name!r}")
+    name = name.lower()
     if name == "digits":
         return load_digits(binarize=binarize, seed=seed)
     if name == "mnist":
@@ -250,8 +271,9 @@ def synthetic_one_latent(n: int, x_dim: int = 20, seed: int = 0) -> tuple[Tensor
     weights a, b, W are drawn once from a generator with a fixed seed, so every call samples the same
     model and ``seed`` only draws the samples. Returns x of shape (n, x_dim) and z of shape (n, 1).
     """
-    if n < 1 or x_dim < 1:
-        raise ValueError(f"n and x_dim must be positive, got n={n}, x_dim={x_dim}")
+    arguments.integer("n", n)
+    arguments.integer("x_dim", x_dim)
+    arguments.integer("seed", seed, minimum=0)
     weights = torch.Generator().manual_seed(2019)
     a = torch.randn(x_dim, generator=weights)
     b = 0.5 * torch.randn(x_dim, generator=weights)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from course_code import arguments
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -44,7 +46,7 @@ def reparameterize(
     With ``n_samples=K`` the result has a leading sample axis: shape ``(K, *mu.shape)``.
     """
     _check_pair("mu", mu, "logvar", logvar)
-    shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
+    shape = mu.shape if n_samples is None else (arguments.integer("n_samples", n_samples), *mu.shape)
     eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 

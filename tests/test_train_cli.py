@@ -93,4 +93,5 @@ def test_a_missing_data_dir_is_the_same_kind_of_error(tmp_path, capsys):
 def test_bad_arguments_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(argv)
-    assert exit_info.value.code == 2 and "usage:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "error:" in err and "(see --help)" in err
