@@ -115,7 +115,7 @@ class AutoregressiveDecoder(nn.Module):
     def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,)):
         super().__init__()
         if not hidden:
-            raise ValueError("the autoregressive decoder needs at least one hidden layer")
+            raise ValueError("decoder_hidden must hold at least one width: the autoregressive decoder needs a hidden layer")
         degrees = [torch.arange(1, x_dim + 1)]
         degrees += [torch.arange(h) % max(x_dim - 1, 1) + 1 for h in hidden]
         self.layers = nn.ModuleList(

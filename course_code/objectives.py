@@ -79,7 +79,7 @@ def weighted_loss(terms: ElboTerms, beta: float = 1.0, free_bits: float = 0.0) -
     arguments.number("free_bits", free_bits, non_negative=True)
     if free_bits > 0:
         if terms.kl_per_dim is None:
-            raise ValueError("free bits need the per-dimension KL: compute the ELBO with analytic_kl=True")
+            raise ValueError("free_bits > 0 needs the per-dimension KL: compute the ELBO with analytic_kl=True")
         kl = terms.kl_per_dim.mean(0).clamp(min=free_bits).sum()
     else:
         kl = terms.kl.mean()

@@ -140,7 +140,7 @@ def test_unknown_likelihood_names_the_choices():
 
 
 def test_autoregressive_decoder_needs_a_hidden_layer():
-    with pytest.raises(ValueError, match="at least one hidden layer"):
+    with pytest.raises(ValueError, match="decoder_hidden must hold at least one width"):
         models.VAE(X_DIM, Z_DIM, likelihood="autoregressive", decoder_hidden=())
 
 
