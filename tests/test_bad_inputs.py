@@ -17,13 +17,14 @@ import torch
 
 from course_code import collapse, data, diagnostics, distributions, gradients, inference, models, objectives, tractable, train, training
 
-X = torch.rand(8, 16, generator=torch.Generator().manual_seed(0))  # eight datapoints of 16 pixels in [0, 1]
-MU, LOGVAR = torch.zeros(8, 2), torch.zeros(8, 2)
+# Built at import, before tests/conftest.py makes float64 the default: so in float64 explicitly.
+X = torch.rand(8, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # eight datapoints of 16 pixels
+MU, LOGVAR = torch.zeros(8, 2, dtype=torch.float64), torch.zeros(8, 2, dtype=torch.float64)
 torch.manual_seed(0)
-VAE = models.VAE(16, 2, (8,))
+VAE = models.VAE(16, 2, (8,)).double()
 LOG_LIK = VAE.log_likelihood
 TERMS = objectives.elbo(LOG_LIK, X, MU, LOGVAR)
-LINEAR = tractable.LinearGaussian.random(x_dim=3, z_dim=2)
+LINEAR = tractable.LinearGaussian(torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.0)
 X3 = torch.randn(5, 3, dtype=torch.float64)
 NAN = float("nan")
 
@@ -109,7 +110,7 @@ CASES = [
     ("vae-autoregressive-no-hidden", lambda t: models.VAE(16, 2, likelihood="autoregressive", decoder_hidden=()), ValueError, "decoder_hidden must hold at least one width"),
     ("autoencoder-hidden-text", lambda t: models.Autoencoder(16, 2, hidden="256"), TypeError, "hidden must be a sequence"),
     ("encode-width", lambda t: VAE.encode(torch.rand(3, 17)), ValueError, "x has 17 features per datapoint.*expects 16"),
-    ("encode-float64", lambda t: VAE.encode(X.double()), TypeError, r"x has dtype torch.float64 but the model's parameters are torch.float32: convert it with x.to\(torch.float32\)"),
+    ("encode-float32", lambda t: VAE.encode(X.float()), TypeError, r"x has dtype torch.float32 but the model's parameters are torch.float64: convert it with x.to\(torch.float64\)"),
     ("encode-uint8", lambda t: VAE.encode((X * 255).to(torch.uint8)), TypeError, r"x has dtype torch.uint8 .* scale it to \[0, 1\] first"),
     ("encode-list", lambda t: VAE.encode(X.tolist()), TypeError, "x must be a torch.Tensor"),
     ("encode-nan", lambda t: VAE.encode(torch.full((2, 16), NAN)), ValueError, "x contains NaN"),
@@ -122,8 +123,8 @@ CASES = [
     # ---- training
     ("fit-1d", lambda t: quick_fit(torch.rand(64)), ValueError, r"x must have shape \(N, D\).*got shape \(64,\): for one datapoint use x\[None\]"),
     ("fit-images-not-flat", lambda t: quick_fit(torch.rand(8, 4, 4)), ValueError, r"flatten each datapoint: x.reshape\(len\(x\), -1\)"),
-    ("fit-float64", lambda t: quick_fit(X.double()), TypeError, "x has dtype torch.float64 but the model's parameters are torch.float32"),
-    ("fit-uint8", lambda t: quick_fit((X * 255).to(torch.uint8)), TypeError, r"scale it to \[0, 1\] first, e.g. x = x.to\(torch.float32\) / 255"),
+    ("fit-float32", lambda t: quick_fit(X.float()), TypeError, "x has dtype torch.float32 but the model's parameters are torch.float64"),
+    ("fit-uint8", lambda t: quick_fit((X * 255).to(torch.uint8)), TypeError, r"scale it to \[0, 1\] first, e.g. x = x.to\(torch.float64\) / 255"),
     ("fit-dynamic-0-255", lambda t: quick_fit(X * 255, dynamic_binarization=True), ValueError, r"x must lie in \[0, 1\].*x / 255"),
     ("fit-float-epochs", lambda t: quick_fit(epochs=2.5), TypeError, "epochs must be an integer, got 2.5"),
     ("fit-bool-epochs", lambda t: quick_fit(epochs=True), TypeError, "epochs must be an integer, got True"),

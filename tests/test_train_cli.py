@@ -1,8 +1,9 @@
-"""python -m course_code.train: a short run on the digits, its outputs, and the offline-MNIST message."""
+"""python -m course_code.train: a short run on the digits, its outputs (checked first, written whole), Ctrl-C, and one-line errors."""
 
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,15 @@ def test_an_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
     assert run(locked / "out") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be written to" in err and "choose another --out" in err
+
+
+def test_a_folder_that_refuses_files_fails_before_training_and_is_removed(tmp_path, capsys, monkeypatch):
+    def refuse(path, *args, **kwargs):  # what a read-only folder does to a user who is not root
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "touch", refuse)
+    monkeypatch.setattr(training, "fit", interrupt)  # reaching training would be the bug
+    assert run(tmp_path / "new" / "out") == 1
+    err = capsys.readouterr().err
+    assert err == f"error: --out {tmp_path / 'new' / 'out'} cannot be written to (Permission denied); choose another --out\n"
+    assert list(tmp_path.iterdir()) == []  # the folders it had created are gone again
