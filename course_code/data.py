@@ -1,7 +1,7 @@
 """The course's data: scikit-learn's handwritten digits by default, MNIST for learners who opt in.
 
 The digits (1,797 grey-level 8×8 images) ship inside scikit-learn, so every notebook and test
-runs offline. MNIST (28×28) is read from the four original files, from a local folder or
+runs offline. MNIST (28×28) is read from its four original files, found in a local folder or
 downloaded once through torchvision.
 
 The notebooks read two environment variables, so a learner can switch without editing code:

@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -158,33 +159,48 @@ def save_figure(model: models.VAE, dataset: data.Dataset, path: Path, seed: int)
         plt.close(fig)
 
 
-def publish(pending: dict[Path, Path]) -> None:
-    """Rename every temporary file to its final name, with Ctrl-C held back until all are in place."""
-    blocking = hasattr(signal, "pthread_sigmask")
-    if blocking:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        for tmp, final in pending.items():
-            os.replace(tmp, final)
-        pending.clear()
-    finally:
+@dataclass
+class Outputs:
+    """The run's files: each written under a temporary name, then all renamed into place together."""
+
+    pending: dict[Path, Path] = field(default_factory=dict)  # temporary file -> final name
+    saved: bool = False
+
+    def publish(self) -> None:
+        """Rename every temporary file to its final name, with Ctrl-C held back until all are in place."""
+        blocking = hasattr(signal, "pthread_sigmask")
         if blocking:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for tmp, final in self.pending.items():
+                os.replace(tmp, final)
+            self.pending.clear()
+            self.saved = True
+        finally:
+            if blocking:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def discard(self) -> None:
+        for tmp in self.pending:
+            tmp.unlink(missing_ok=True)
+        self.pending.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    pending: dict[Path, Path] = {}  # temporary file -> final name
+    outputs = Outputs()
     created: list[Path] = []  # the folders this run created, removed again if it saves nothing
     code = 1
     try:
         created += prepare_output(args.out)
-        code = run(args, pending)
+        code = run(args, outputs)
     except KeyboardInterrupt:
         code = 130
-        if len(pending) == 2:  # training finished and both outputs are written: keep them together
-            publish(pending)
+        if not outputs.saved and len(outputs.pending) == 2:  # training finished, both files written: keep them
+            outputs.publish()
             print(f"interrupted during the evaluation; the trained model is saved in {args.out}", file=sys.stderr)
+        elif outputs.saved:
+            print(f"interrupted; the trained model is saved in {args.out}", file=sys.stderr)
         else:
             print("interrupted; nothing was saved", file=sys.stderr)
     except data.DataUnavailableError as error:
@@ -198,14 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FloatingPointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
     finally:
-        for tmp in pending:
-            tmp.unlink(missing_ok=True)
-        if code != 0 and not (args.out / "model.pt").exists():
+        outputs.discard()
+        if not outputs.saved:
             remove_empty(created)
     return code
 
 
-def run(args: argparse.Namespace, pending: dict[Path, Path]) -> int:
+def run(args: argparse.Namespace, outputs: Outputs) -> int:
     """Load the data, train, write both outputs under temporary names, evaluate, then rename the outputs into place."""
     course_code.setup(args.seed, dtype=getattr(torch, args.dtype))
     dataset = data.load(args.dataset, binarize=args.binarize, mnist=args.data_dir)  # the course's fixed split
@@ -218,25 +233,25 @@ def run(args: argparse.Namespace, pending: dict[Path, Path]) -> int:
         dynamic_binarization=args.binarize == "dynamic", seed=args.seed, device=args.device, progress=progress,
     )
     model.to("cpu")
-    outputs = [args.out / "model.pt", args.out / "samples.png"]
-    model_tmp, figure_tmp = (training.temporary_name(final) for final in outputs)
+    model_path, figure_path = args.out / "model.pt", args.out / "samples.png"
+    model_tmp, figure_tmp = training.temporary_name(model_path), training.temporary_name(figure_path)
     training.save(model, model_tmp)  # before the long evaluation, so that Ctrl-C there keeps the model
-    pending[model_tmp] = outputs[0]
+    outputs.pending[model_tmp] = model_path
     try:
         save_figure(model, dataset, figure_tmp, args.seed)
     except BaseException:
         figure_tmp.unlink(missing_ok=True)
         raise
-    pending[figure_tmp] = outputs[1]
+    outputs.pending[figure_tmp] = figure_path
     model.to(args.device)
     x_test = dataset.x_test.to(args.device)
     torch.manual_seed(args.seed)
     elbo = training.evaluate(model, x_test)["elbo"]
     log_px = mean_log_px(model, x_test, args.iw_samples, args.seed, progress)
-    publish(pending)
+    outputs.publish()
     print(f"test ELBO     {elbo:9.2f} nats per image")
     print(f"test log p(x) {log_px:9.2f} nats per image (importance sampling, K = {args.iw_samples:,})")
-    print(f"saved {outputs[0]} and {outputs[1]}")
+    print(f"saved {model_path} and {figure_path}")
     return 0
 
 

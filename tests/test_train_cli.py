@@ -147,6 +147,20 @@ def test_ctrl_c_during_the_evaluation_keeps_this_runs_model_and_figure_together(
     assert (previous_run / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # …next to this run's figure
 
 
+def test_ctrl_c_just_after_saving_says_the_outputs_are_saved(previous_run, capsys, monkeypatch):
+    publish = train.Outputs.publish
+
+    def publish_then_interrupt(outputs):
+        publish(outputs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.Outputs, "publish", publish_then_interrupt)
+    assert run(previous_run) == 130
+    assert capsys.readouterr().err == f"interrupted; the trained model is saved in {previous_run}\n"
+    assert sorted(p.name for p in previous_run.iterdir()) == ["model.pt", "samples.png"]
+    assert isinstance(training.load(previous_run / "model.pt"), models.VAE)
+
+
 def test_outputs_have_the_usual_mode(tmp_path, capsys):
     import os
 
