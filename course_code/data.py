@@ -74,15 +74,22 @@ class Dataset:
         )
 
 
+def check_probabilities(name: str, x: Tensor) -> None:
+    """Dynamic binarization draws each pixel as 1 with probability x: refuse values outside [0, 1], in one pass."""
+    low, high = torch.aminmax(x) if x.numel() else (0, 0)
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"dynamic binarization draws each pixel as 1 with probability {name}, so {name} must lie in [0, 1]; it "
+            f"ranges over [{low:.3g}, {high:.3g}]. Scale the data first ({name} / 255 for 8-bit pixels)."
+        )
+
+
 def binarize(x: Tensor, method: str = "threshold", threshold: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """Turn grey levels in [0, 1] into 0/1 pixels: a fixed threshold, or a Bernoulli draw ("dynamic")."""
     arguments.tensor("x", x)
     arguments.number("threshold", threshold)
-    if method == "dynamic" and ((x < 0).any() or (x > 1).any()):
-        raise ValueError(
-            f"dynamic binarization draws each pixel as 1 with probability x, so x must lie in [0, 1]; it ranges over "
-            f"[{x.min().item():.3g}, {x.max().item():.3g}]. Scale the data first (x / 255 for 8-bit pixels)."
-        )
+    if method == "dynamic":
+        check_probabilities("x", x)
     if method == "threshold":
         return (x > threshold).to(x.dtype)
     if method == "dynamic":
