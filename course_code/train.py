@@ -5,7 +5,8 @@
 It trains ``models.VAE`` with :func:`course_code.training.fit`, prints the test ELBO and an
 importance-sampled test log-likelihood log p(x) in nats (chapter 4, eq. `eq-log-px-is`), and
 saves the model (``model.pt``, read it back with ``training.load``) and a PNG of
-reconstructions and samples (``samples.png``) into ``--out``.
+reconstructions and samples (``samples.png``) into ``--out``. ``--device cuda`` (or ``mps``)
+trains and evaluates on a GPU when there is one.
 
 The output folder is created and checked before anything else. Both outputs are written under
 temporary names as soon as training ends and renamed into place together, so ``--out`` never
