@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from course_code import diagnostics, models, training
+from course_code import arguments, diagnostics, models, training
 from course_code.distributions import log_standard_normal
 from course_code.tractable import GridModel, elbo_on_grid
 
@@ -46,8 +46,8 @@ def encoder_steps(
     The loss is averaged over consecutive windows of ``window`` steps; the loop stops when a window's
     average is no lower than the one before, or after ``max_steps`` steps. Returns the number of steps taken.
     """
-    if max_steps < 1 or window < 1:
-        raise ValueError(f"max_steps and window must be positive, got max_steps={max_steps}, window={window}")
+    arguments.integer("max_steps", max_steps)
+    arguments.integer("window", window)
     model.decoder.requires_grad_(False)  # the decoder is a constant here: no gradients, no updates
     try:
         previous, total = math.inf, 0.0
@@ -109,11 +109,14 @@ def aggressive_fit(
     model)`` runs without gradients before training (epoch 0) and after every epoch; it must not
     draw from torch's global random generator. The same seed gives bit-for-bit the same run.
     """
-    training.check_training_data(x, epochs, batch_size)
-    if not isinstance(x_val, Tensor):
-        raise TypeError(f"x_val must be a torch.Tensor, got {type(x_val).__name__}")
+    training.check_training_data(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    training.check_data("x_val", model, x_val)
     if len(x_val) < 2:
-        raise ValueError("the validation set needs at least two points (for MI and active units)")
+        raise ValueError(f"x_val needs at least two points (for MI and active units), got {len(x_val)}")
+    arguments.integer("max_inner_steps", max_inner_steps)
+    arguments.integer("window", window)
+    if callback is not None:
+        arguments.function("callback", callback)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     mi_generator = torch.Generator().manual_seed(seed + 1)  # the MI estimate must not disturb training

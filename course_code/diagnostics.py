@@ -8,11 +8,23 @@ import math
 import torch
 from torch import Tensor
 
+from course_code import arguments
 from course_code.distributions import LOG_2PI, kl_normal_per_dim, log_normal, log_standard_normal, reparameterize
+
+
+def _check_posteriors(mu: Tensor, logvar: Tensor) -> None:
+    """``mu`` and ``logvar``: the encoder's outputs over at least one datapoint, both of shape (N, d)."""
+    arguments.tensor("mu", mu, 2, "(N, d)")
+    arguments.tensor("logvar", logvar, 2, "(N, d)")
+    if mu.shape != logvar.shape:
+        raise ValueError(f"mu has shape {tuple(mu.shape)} but logvar has shape {tuple(logvar.shape)}: they must match")
+    if len(mu) == 0:
+        raise ValueError("mu and logvar are empty (N = 0): encode at least one datapoint")
 
 
 def unit_variances(mu: Tensor) -> Tensor:
     """Var_x(E_q[z_j]) for each latent dimension j: how much the posterior mean moves with the data; shape (d,)."""
+    arguments.tensor("mu", mu)
     if mu.ndim != 2 or len(mu) < 2:
         raise ValueError(f"mu must have shape (N, d) with N ≥ 2, got {tuple(mu.shape)}")
     return mu.var(dim=0)
@@ -20,11 +32,13 @@ def unit_variances(mu: Tensor) -> Tensor:
 
 def active_units(mu: Tensor, threshold: float = 0.01) -> int:
     """The number of dimensions with Var_x(E_q[z_j]) > threshold (Burda et al., 2016; chapter 4)."""
+    arguments.number("threshold", threshold, non_negative=True)
     return int((unit_variances(mu) > threshold).sum())
 
 
 def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(q(z_j|x) ‖ N(0, 1)) averaged over the data, for each dimension j; shape (d,)."""
+    _check_posteriors(mu, logvar)
     return kl_normal_per_dim(mu, logvar).mean(0)
 
 
@@ -51,7 +65,8 @@ def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | 
     the same z_n, which makes the estimate noisier but exactly 0 for a collapsed encoder. With
     ``n_samples=K`` every datapoint gets K draws and the estimate is their average (less noise).
     """
-    if n_samples == 1:
+    _check_posteriors(mu, logvar)
+    if arguments.integer("n_samples", n_samples) == 1:
         z = reparameterize(mu, logvar, generator=generator)
         return (log_normal(z, mu, logvar) - _log_aggregate(z, mu, logvar)).mean()
     z = reparameterize(mu, logvar, n_samples, generator)  # (K, N, d)
@@ -61,7 +76,8 @@ def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | 
 
 def aggregate_kl(mu: Tensor, logvar: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
     """KL(q(z) ‖ p(z)) for the aggregated posterior q(z) = (1/N) Σ_n q(z|x_n), by Monte Carlo (chapter 2)."""
-    z = reparameterize(mu, logvar, n_samples, generator).reshape(-1, mu.shape[-1])
+    _check_posteriors(mu, logvar)
+    z = reparameterize(mu, logvar, arguments.integer("n_samples", n_samples), generator).reshape(-1, mu.shape[-1])
     return (_log_aggregate(z, mu, logvar) - log_standard_normal(z)).mean()
 
 
@@ -72,10 +88,16 @@ def surgery_on_grid(mu: Tensor, logvar: Tensor, limit: float | None = None, n_po
     and ``aggregate_kl`` = KL(q(z) ‖ p(z)) integrated on a grid over [−limit, limit] (by default wide
     enough for every posterior); the identity says the first is the sum of the others.
     """
-    mu, logvar = mu.reshape(len(mu), -1), logvar.reshape(len(logvar), -1)
+    arguments.tensor("mu", mu)
+    arguments.tensor("logvar", logvar)
+    mu, logvar = (t[:, None] if t.ndim == 1 else t for t in (mu, logvar))  # (N,) is a batch of 1-D latents
+    _check_posteriors(mu, logvar)
     if mu.shape[-1] != 1:
         raise ValueError(f"surgery_on_grid needs a 1-D latent, got d={mu.shape[-1]}")
-    if limit is None:  # wide enough that every posterior and the prior have negligible mass outside
+    arguments.integer("n_points", n_points, minimum=2)
+    if limit is not None:
+        arguments.number("limit", limit, positive=True)
+    else:  # wide enough that every posterior and the prior have negligible mass outside
         limit = max(8.0, (mu.abs() + 10 * torch.exp(0.5 * logvar)).max().item())
     z = torch.linspace(-limit, limit, n_points, dtype=mu.dtype)[:, None]  # (G, 1)
     dz = 2 * limit / (n_points - 1)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from course_code import arguments
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -18,8 +20,7 @@ class NonFiniteError(ValueError):
 
 
 def _check(name: str, t: Tensor) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    arguments.tensor(name, t)
     if not torch.isfinite(t).all():
         raise NonFiniteError(f"{name} contains NaN or infinite values")
 
@@ -36,6 +37,13 @@ def _check_pair(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
         ) from None
 
 
+def _as_tensor(name: str, value: Tensor | float, like: Tensor) -> Tensor:
+    """A tensor argument as it is, or a number as a tensor of ``like``'s dtype and device."""
+    if not isinstance(value, Tensor):
+        value = arguments.number(name, value)
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
 def reparameterize(
     mu: Tensor, logvar: Tensor, n_samples: int | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -44,7 +52,7 @@ def reparameterize(
     With ``n_samples=K`` the result has a leading sample axis: shape ``(K, *mu.shape)``.
     """
     _check_pair("mu", mu, "logvar", logvar)
-    shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
+    shape = mu.shape if n_samples is None else (arguments.integer("n_samples", n_samples), *mu.shape)
     eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 
@@ -52,7 +60,7 @@ def reparameterize(
 def log_normal(x: Tensor, mu: Tensor, logvar: Tensor | float) -> Tensor:
     """log N(x; μ, diag σ²), summed over the last axis; ``logvar`` may be a float (fixed variance)."""
     _check_pair("x", x, "mu", mu)
-    logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
+    logvar = _as_tensor("logvar", logvar, x)
     _check_pair("x", x, "logvar", logvar)
     elementwise = -0.5 * (LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))
     return elementwise.expand(torch.broadcast_shapes(x.shape, mu.shape, logvar.shape)).sum(-1)
@@ -82,8 +90,7 @@ def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
 def kl_normal_per_dim(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor | float = 0.0, logvar_p: Tensor | float = 0.0) -> Tensor:
     """KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²)) for each coordinate, not summed (eq. `eq-kl-gauss`)."""
     _check_pair("mu_q", mu_q, "logvar_q", logvar_q)
-    mu_p = torch.as_tensor(mu_p, dtype=mu_q.dtype, device=mu_q.device)
-    logvar_p = torch.as_tensor(logvar_p, dtype=mu_q.dtype, device=mu_q.device)
+    mu_p, logvar_p = _as_tensor("mu_p", mu_p, mu_q), _as_tensor("logvar_p", logvar_p, mu_q)
     _check_pair("mu_q", mu_q, "mu_p", mu_p)
     _check_pair("logvar_q", logvar_q, "logvar_p", logvar_p)
     return 0.5 * (logvar_p - logvar_q + (torch.exp(logvar_q) + (mu_q - mu_p) ** 2) * torch.exp(-logvar_p) - 1)

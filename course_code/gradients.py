@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from course_code import arguments
 from course_code.distributions import kl_standard_normal, log_normal, reparameterize
 
 ScalarFn = Callable[[Tensor], Tensor]  # elementwise f(z)
@@ -35,6 +36,7 @@ def score_function(f: ScalarFn, mu: Tensor, sigma: Tensor, eps: Tensor, baseline
     = (f(z) − b)·(ε/σ, (ε² − 1)/σ) with a constant baseline b; f is never differentiated.
     """
     _check_gaussian(mu, sigma, eps)
+    arguments.function("f", f)
     with torch.no_grad():
         weight = f(mu + sigma * eps) - baseline
         return weight * eps / sigma, weight * (eps**2 - 1) / sigma
@@ -46,6 +48,7 @@ def pathwise(f: ScalarFn, mu: Tensor, sigma: Tensor, eps: Tensor) -> tuple[Tenso
     The derivative f' is taken by autograd through z (eq. `eq-reparam`); shapes as in :func:`score_function`.
     """
     _check_gaussian(mu, sigma, eps)
+    arguments.function("f", f)
     with torch.enable_grad():
         z = (mu.detach() + sigma.detach() * eps).requires_grad_(True)
         (df_dz,) = torch.autograd.grad(f(z).sum(), z)
@@ -67,6 +70,8 @@ def score_function_bernoulli(
         raise TypeError(f"p must be a torch.Tensor, got {type(p).__name__}")
     if ((p <= 0) | (p >= 1)).any():
         raise ValueError("p must lie strictly between 0 and 1")
+    arguments.integer("n_samples", n_samples)
+    arguments.function("f", f)
     with torch.no_grad():
         b = torch.bernoulli(p.expand(n_samples, *p.shape), generator=generator)
         return (f(b) - baseline) * (b / p - (1 - b) / (1 - p))
@@ -117,8 +122,8 @@ def elbo_surrogate(
 
 def gradient_samples(objective: Callable[[], Tensor], params: Sequence[Tensor], repeats: int) -> Tensor:
     """Evaluate ``objective()`` ``repeats`` times and stack its gradients in ``params``, flattened: shape ``(repeats, P)``."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    arguments.integer("repeats", repeats)
+    arguments.function("objective", objective)
     params = list(params)
     rows = []
     for _ in range(repeats):

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from course_code import arguments
 from course_code.distributions import kl_standard_normal, log_normal
 from course_code.objectives import LogLik, elbo
 
@@ -57,6 +58,7 @@ def standardized_noise(n_samples: int, shape: torch.Size, generator: torch.Gener
     ELBO is a consistent estimate with an O(1/K) bias, not an unbiased one.
     """
     n_points, z_dim = shape
+    arguments.integer("n_samples", n_samples)
     if n_samples <= z_dim:
         raise ValueError(f"moment matching needs more samples than latent dimensions: n_samples={n_samples}, d={z_dim}")
     eps = torch.randn((n_samples, n_points, z_dim), generator=generator, dtype=torch.float64)
@@ -89,16 +91,22 @@ def optimize_q(
     """
     if log_lik is None and exact_elbo is None:
         raise ValueError("give log_lik (Monte Carlo ELBO) or exact_elbo (closed form or quadrature)")
+    for name, f in (("log_lik", log_lik), ("exact_elbo", exact_elbo)):
+        if f is not None:
+            arguments.function(name, f)
+    for name, t in (("x", x), ("mu", mu), ("logvar", logvar)):
+        arguments.tensor(name, t)
     if mu.shape != logvar.shape or mu.ndim != 2 or mu.shape[0] != x.shape[0]:
         raise ValueError(
             f"mu and logvar must both have shape (B, d) with B = len(x) = {x.shape[0]}; "
             f"got {tuple(mu.shape)} and {tuple(logvar.shape)}"
         )
-    if n_samples < 1 or max_steps < 0 or window < 1 or tol < 0 or lr <= 0:
-        raise ValueError(
-            f"need n_samples ≥ 1, max_steps ≥ 0, window ≥ 1, tol ≥ 0, lr > 0; got n_samples={n_samples}, "
-            f"max_steps={max_steps}, window={window}, tol={tol}, lr={lr}"
-        )
+    arguments.integer("n_samples", n_samples)
+    arguments.integer("max_steps", max_steps, minimum=0)
+    arguments.integer("window", window)
+    arguments.number("tol", tol, non_negative=True)
+    arguments.number("lr", lr, positive=True)
+    arguments.integer("seed", seed, minimum=0)
     if exact_elbo is None:
         eps = standardized_noise(n_samples, mu.shape, torch.Generator().manual_seed(seed), mu.dtype)
 
@@ -132,6 +140,8 @@ def optimize_q(
 
 def svi(log_lik: LogLik | None, x: Tensor, z_dim: int, **options) -> Inferred:
     """Per-datapoint inference from scratch: :func:`optimize_q` started at the prior, μ = 0, σ² = 1 (chapter 5)."""
+    arguments.tensor("x", x)
+    arguments.integer("z_dim", z_dim)
     start = torch.zeros(x.shape[0], z_dim, dtype=x.dtype)
     return optimize_q(log_lik, x, start, start.clone(), **options)
 
@@ -141,8 +151,8 @@ def elbo_estimate(
     log_lik: LogLik, x: Tensor, mu: Tensor, logvar: Tensor, n_samples: int = 1000, chunk_size: int = 250, generator: torch.Generator | None = None
 ) -> Tensor:
     """The ELBO of each datapoint from ``n_samples`` fresh draws, ``chunk_size`` at a time, no gradients (eq. `eq-elbo-rec-kl`)."""
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    arguments.integer("n_samples", n_samples)
+    arguments.integer("chunk_size", chunk_size)
     sizes = [min(chunk_size, n_samples - start) for start in range(0, n_samples, chunk_size)]
     parts = [elbo(log_lik, x, mu, logvar, k, generator=generator).elbo * k for k in sizes]
     return torch.stack(parts).sum(0) / n_samples
@@ -154,6 +164,8 @@ def gap_summary(log_px: Tensor, elbo_best: Tensor, elbo_amortized: Tensor) -> Te
     Per datapoint: approximation = log p(x) − ELBO(q*), amortization = ELBO(q*) − ELBO(q_φ),
     total = log p(x) − ELBO(q_φ). The standard error is the sample standard deviation over √B.
     """
+    for name, t in (("log_px", log_px), ("elbo_best", elbo_best), ("elbo_amortized", elbo_amortized)):
+        arguments.tensor(name, t)
     if not log_px.shape == elbo_best.shape == elbo_amortized.shape or log_px.ndim != 1 or len(log_px) < 2:
         raise ValueError(
             "log_px, elbo_best and elbo_amortized must be 1-D of the same length ≥ 2; got shapes "

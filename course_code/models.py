@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from course_code import objectives
+from course_code import arguments, objectives
 from course_code.distributions import log_bernoulli, log_normal
 
 LIKELIHOODS = ("bernoulli", "gaussian", "autoregressive")
@@ -28,13 +28,14 @@ def mlp(sizes: Sequence[int], final_activation: bool = False) -> nn.Sequential:
 
 def _check_sizes(**sizes: int) -> None:
     for name, size in sizes.items():
-        if not isinstance(size, int) or size <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {size!r}")
+        arguments.integer(name, size)
 
 
-def _check_input(x: Tensor, x_dim: int) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+def _check_input(x: Tensor, x_dim: int, dtype: torch.dtype) -> None:
+    arguments.tensor("x", x)
+    arguments.matching_dtype("x", x, dtype)
+    if x.ndim == 0:
+        raise ValueError(f"x must be a batch of shape (B, {x_dim}), got a tensor with no dimensions")
     if x.shape[-1] != x_dim:
         raise ValueError(f"x has {x.shape[-1]} features per datapoint (shape {tuple(x.shape)}), the model expects {x_dim}")
     if not torch.isfinite(x).all():
@@ -114,7 +115,7 @@ class AutoregressiveDecoder(nn.Module):
     def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,)):
         super().__init__()
         if not hidden:
-            raise ValueError("the autoregressive decoder needs at least one hidden layer")
+            raise ValueError("decoder_hidden must hold at least one width: the autoregressive decoder needs a hidden layer")
         degrees = [torch.arange(1, x_dim + 1)]
         degrees += [torch.arange(h) % max(x_dim - 1, 1) + 1 for h in hidden]
         self.layers = nn.ModuleList(
@@ -166,8 +167,8 @@ class VAE(nn.Module):
         _check_sizes(x_dim=x_dim, z_dim=z_dim)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
-        hidden = tuple(hidden)
-        decoder_hidden = tuple(hidden if decoder_hidden is None else decoder_hidden)
+        hidden = arguments.sizes("hidden", hidden)
+        decoder_hidden = hidden if decoder_hidden is None else arguments.sizes("decoder_hidden", decoder_hidden)
         if decoder_logvar is not None and likelihood != "gaussian":
             raise ValueError(f"decoder_logvar fixes a Gaussian decoder's variance; likelihood={likelihood!r} has none")
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=hidden, likelihood=likelihood, decoder_hidden=decoder_hidden)
@@ -183,7 +184,7 @@ class VAE(nn.Module):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(μ, log σ²) of q_φ(z|x)."""
-        _check_input(x, self.x_dim)
+        _check_input(x, self.x_dim, self.encoder.head.weight.dtype)
         return self.encoder(x)
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
@@ -217,7 +218,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Decode ``n`` draws z ~ p(z) = N(0, I)."""
-        z = torch.randn(n, self.z_dim, generator=generator, device=next(self.parameters()).device)
+        weight = self.encoder.head.weight
+        z = torch.randn(arguments.integer("n", n), self.z_dim, generator=generator, dtype=weight.dtype, device=weight.device)
         return self.decode(z, generator)
 
     @torch.no_grad()
@@ -232,14 +234,14 @@ class Autoencoder(nn.Module):
     def __init__(self, x_dim: int = 64, z_dim: int = 2, hidden: Sequence[int] = (256,)):
         super().__init__()
         _check_sizes(x_dim=x_dim, z_dim=z_dim)
-        hidden = tuple(hidden)
+        hidden = arguments.sizes("hidden", hidden)
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=hidden)
         self.x_dim, self.z_dim = x_dim, z_dim
         self.encoder = mlp([x_dim, *hidden, z_dim])
         self.decoder = mlp([z_dim, *hidden[::-1], x_dim])
 
     def encode(self, x: Tensor) -> Tensor:
-        _check_input(x, self.x_dim)
+        _check_input(x, self.x_dim, self.encoder[0].weight.dtype)
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from course_code import arguments
 from course_code.distributions import (
     kl_normal_per_dim,
     log_normal,
@@ -31,7 +32,10 @@ class ElboTerms(NamedTuple):
     kl_per_dim: Tensor | None  # (B, d) when the KL is analytic, else None
 
 
-def _check_q(x: Tensor, mu: Tensor, logvar: Tensor) -> None:
+def _check_q(log_lik: LogLik, x: Tensor, mu: Tensor, logvar: Tensor) -> None:
+    arguments.function("log_lik", log_lik)
+    for name, t in (("x", x), ("mu", mu), ("logvar", logvar)):
+        arguments.tensor(name, t)
     if mu.shape != logvar.shape:
         raise ValueError(f"mu has shape {tuple(mu.shape)} but logvar has shape {tuple(logvar.shape)}")
     if mu.shape[:-1] != x.shape[:-1]:
@@ -51,11 +55,9 @@ def elbo(
 
     With ``analytic_kl=False`` the KL is estimated from the same samples, E_q[log q(z|x) − log p(z)].
     """
-    _check_q(x, mu, logvar)
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    z = reparameterize(mu, logvar, n_samples, generator)  # (K, B, d)
-    rec = log_lik(x, z).mean(0)
+    _check_q(log_lik, x, mu, logvar)
+    z = reparameterize(mu, logvar, arguments.integer("n_samples", n_samples), generator)  # (K, B, d)
+    rec = _log_lik_values(log_lik, x, z).mean(0)
     if analytic_kl:
         kl_per_dim = kl_normal_per_dim(mu, logvar)
         kl = kl_per_dim.sum(-1)
@@ -71,11 +73,13 @@ def weighted_loss(terms: ElboTerms, beta: float = 1.0, free_bits: float = 0.0) -
     ``free_bits=λ > 0`` replaces the KL by Σ_j max(λ, KL_j), where KL_j is dimension j's KL
     averaged over the batch (Kingma et al., 2016), so no dimension is pushed below λ nats.
     """
-    if beta < 0 or free_bits < 0:
-        raise ValueError(f"beta and free_bits must be non-negative, got beta={beta}, free_bits={free_bits}")
+    if not isinstance(terms, ElboTerms):
+        raise TypeError(f"terms must be the ElboTerms that objectives.elbo returns, got {type(terms).__name__}")
+    arguments.number("beta", beta, non_negative=True)
+    arguments.number("free_bits", free_bits, non_negative=True)
     if free_bits > 0:
         if terms.kl_per_dim is None:
-            raise ValueError("free bits need the per-dimension KL: compute the ELBO with analytic_kl=True")
+            raise ValueError("free_bits > 0 needs the per-dimension KL: compute the ELBO with analytic_kl=True")
         kl = terms.kl_per_dim.mean(0).clamp(min=free_bits).sum()
     else:
         kl = terms.kl.mean()
@@ -86,9 +90,21 @@ def log_weights(
     log_lik: LogLik, x: Tensor, mu: Tensor, logvar: Tensor, n_samples: int, generator: torch.Generator | None = None
 ) -> Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for z_k ~ q(z|x); shape ``(K, B)``."""
-    _check_q(x, mu, logvar)
+    _check_q(log_lik, x, mu, logvar)
     z = reparameterize(mu, logvar, n_samples, generator)
-    return log_lik(x, z) + log_standard_normal(z) - log_normal(z, mu, logvar)
+    return _log_lik_values(log_lik, x, z) + log_standard_normal(z) - log_normal(z, mu, logvar)
+
+
+def _log_lik_values(log_lik: LogLik, x: Tensor, z: Tensor) -> Tensor:
+    """``log_lik(x, z)``, checked to have the shape ``(K, B)`` of the samples ``z`` (K, B, d) it was given."""
+    values = log_lik(x, z)
+    if not isinstance(values, Tensor) or values.shape != z.shape[:-1]:
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(
+            f"log_lik(x, z) must return log p(x|z) of shape (K, B) = {tuple(z.shape[:-1])} for z of shape "
+            f"(K, B, d) = {tuple(z.shape)}, got {shape}: sum over the pixels (last axis) only, keep the sample axis"
+        )
+    return values
 
 
 def iwae_bound(
@@ -106,8 +122,8 @@ def iwae_bound(
     each chunk is combined with the others by one more log-sum-exp. For large K this is the
     importance-sampled estimate of log p(x) used throughout the course.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    arguments.integer("n_samples", n_samples)
+    arguments.integer("chunk_size", chunk_size)
     partial = []
     for start in range(0, n_samples, chunk_size):
         k = min(chunk_size, n_samples - start)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from course_code import arguments
 from course_code.distributions import LOG_2PI, kl_standard_normal, log_normal, log_standard_normal
 
 
@@ -19,6 +20,9 @@ class LinearGaussian:
     """p(z) = N(0, I_d), p(x|z) = N(x; Wz + b, σ² I_D) with W of shape (D, d) (chapter 2)."""
 
     def __init__(self, W: Tensor, b: Tensor, logvar_x: float):
+        arguments.tensor("W", W)
+        arguments.tensor("b", b)
+        arguments.number("logvar_x", logvar_x)
         if W.ndim != 2 or b.shape != (W.shape[0],):
             raise ValueError(f"W must be (D, d) and b must be (D,); got W {tuple(W.shape)}, b {tuple(b.shape)}")
         self.W, self.b, self.logvar_x = W, b, float(logvar_x)
@@ -28,10 +32,19 @@ class LinearGaussian:
     @classmethod
     def random(cls, x_dim: int = 2, z_dim: int = 2, noise_std: float = 0.5, seed: int = 0) -> "LinearGaussian":
         """A model with standard-normal W and b drawn from a seeded generator, in torch's default dtype."""
+        arguments.integer("x_dim", x_dim)
+        arguments.integer("z_dim", z_dim)
+        arguments.number("noise_std", noise_std, positive=True)
+        arguments.integer("seed", seed, minimum=0)
         g = torch.Generator().manual_seed(seed)
         W = torch.randn(x_dim, z_dim, generator=g)
         b = torch.randn(x_dim, generator=g)
         return cls(W, b, 2 * math.log(noise_std))
+
+    def _check_x(self, x: Tensor) -> None:
+        arguments.tensor("x", x, 2, "(B, D)")
+        if x.shape[1] != self.x_dim:
+            raise ValueError(f"x has {x.shape[1]} features per datapoint (shape {tuple(x.shape)}), the model has D = {self.x_dim}")
 
     def precision(self) -> Tensor:
         """Λ = I + WᵀW/σ², the precision of the exact posterior (the same for every x)."""
@@ -39,11 +52,13 @@ class LinearGaussian:
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The exact posterior p(z|x) = N(m(x), Σ): means of shape (B, d) and the shared covariance Σ = Λ⁻¹."""
+        self._check_x(x)
         cov = torch.linalg.inv(self.precision())
         return (x - self.b) @ self.W @ cov / self.var_x, cov
 
     def log_px(self, x: Tensor) -> Tensor:
         """Exact log p(x) = log N(x; b, WWᵀ + σ²I), per datapoint."""
+        self._check_x(x)
         C = self.W @ self.W.T + self.var_x * torch.eye(self.x_dim, dtype=self.W.dtype)
         L = torch.linalg.cholesky(C)
         r = torch.linalg.solve_triangular(L, (x - self.b).T, upper=False)  # (D, B)
@@ -82,6 +97,7 @@ class LinearGaussian:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw n pairs (x, z) from the joint p(z) p(x|z)."""
+        arguments.integer("n", n)
         z = torch.randn(n, self.z_dim, generator=generator, dtype=self.W.dtype)
         noise = torch.randn(n, self.x_dim, generator=generator, dtype=self.W.dtype)
         return z @ self.W.T + self.b + math.sqrt(self.var_x) * noise, z
@@ -98,9 +114,11 @@ class GridModel:
     """
 
     def __init__(self, log_lik: LogLik, z_dim: int = 1, limit: float = 5.0, n_points: int | None = None):
-        if z_dim not in (1, 2):
-            raise ValueError(f"quadrature on a grid is for 1-D or 2-D latents, got z_dim={z_dim}")
-        n_points = n_points or (801 if z_dim == 1 else 121)
+        arguments.function("log_lik", log_lik)
+        if isinstance(z_dim, bool) or z_dim not in (1, 2):
+            raise ValueError(f"quadrature on a grid is for 1-D or 2-D latents, got z_dim={z_dim!r}")
+        arguments.number("limit", limit, positive=True)
+        n_points = (801 if z_dim == 1 else 121) if n_points is None else arguments.integer("n_points", n_points, minimum=2)
         self.log_lik, self.z_dim = log_lik, z_dim
         axis = torch.linspace(-limit, limit, n_points)
         self.log_cell = z_dim * math.log(2 * limit / (n_points - 1))
@@ -114,6 +132,7 @@ class GridModel:
     @torch.no_grad()
     def log_joint(self, x: Tensor) -> Tensor:
         """log p(x, z_g) on every grid point z_g: shape (G, B)."""
+        arguments.tensor("x", x, 2, "(B, D)")
         grid = self.grid.to(x.dtype)
         z = grid[:, None, :].expand(len(grid), x.shape[0], self.z_dim)
         return self._evaluate(x, z) + log_standard_normal(grid)[:, None]

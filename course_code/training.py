@@ -5,8 +5,8 @@ minibatches from it, which on small data is much faster than a ``DataLoader``.
 """
 
 import os
+import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from course_code import models
-from course_code.data import binarize as binarize_pixels
+from course_code import arguments, models
+from course_code.data import check_probabilities
 from course_code.distributions import NonFiniteError
 
 Schedule = Callable[[int], float]  # step -> KL weight
@@ -23,13 +23,15 @@ Schedule = Callable[[int], float]  # step -> KL weight
 
 def constant(weight: float = 1.0) -> Schedule:
     """A KL weight that never changes (β = ``weight``)."""
+    arguments.number("weight", weight, non_negative=True)
     return lambda step: weight
 
 
 def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Schedule:
     """KL annealing: the weight rises linearly from ``start`` to ``end`` over ``steps`` updates, then stays."""
-    if steps <= 0:
-        raise ValueError(f"warm-up needs a positive number of steps, got {steps}")
+    arguments.integer("steps", steps)
+    arguments.number("start", start, non_negative=True)
+    arguments.number("end", end, non_negative=True)
     return lambda step: start + (end - start) * min(step / steps, 1.0)
 
 
@@ -82,14 +84,35 @@ def _diverged(what: str, epoch: int, step: int, lr: float) -> FloatingPointError
     )
 
 
-def check_training_data(x: Tensor, epochs: int, batch_size: int) -> None:
-    """Clear errors for what a training loop cannot work with."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+def check_training_data(model: nn.Module, x: Tensor, *, epochs: int, batch_size: int, lr: float, seed: int) -> None:
+    """Clear errors, before the first step, for what a training loop cannot work with (checked once, not every step)."""
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "loss", None)):
+        raise TypeError(f"model must be a torch.nn.Module with a loss(x, ...) method, such as models.VAE; got {type(model).__name__}")
+    check_data("x", model, x)
+    arguments.integer("epochs", epochs)
+    arguments.integer("batch_size", batch_size)
+    arguments.number("lr", lr, positive=True)
+    arguments.integer("seed", seed, minimum=0)
+
+
+def check_data(name: str, model: nn.Module, x: Tensor) -> None:
+    """``x`` must be a non-empty (N, D) tensor in the dtype and width of ``model``.
+
+    NaN values are left to the model, which checks each batch it is given: a pass over the whole
+    dataset here would cost seconds at MNIST's size, before every call.
+    """
+    arguments.tensor(name, x)
+    if x.ndim != 2:
+        fix = f"for one datapoint use {name}[None]" if x.ndim < 2 else f"flatten each datapoint: {name}.reshape(len({name}), -1)"
+        raise ValueError(f"{name} must have shape (N, D), one datapoint per row; got shape {tuple(x.shape)}: {fix}")
     if len(x) == 0:
-        raise ValueError("the training set is empty")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, got epochs={epochs}, batch_size={batch_size}")
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): at least one datapoint is needed")
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None:
+        arguments.matching_dtype(name, x, weight.dtype)
+    x_dim = getattr(model, "x_dim", x.shape[1])
+    if x.shape[1] != x_dim:
+        raise ValueError(f"{name} has {x.shape[1]} features per datapoint (shape {tuple(x.shape)}), the model expects {x_dim}")
 
 
 def add_stats(sums: dict[str, float], stats: dict[str, float], n: int) -> None:
@@ -134,8 +157,14 @@ def fit(
     ``elbo``, ``rec``, ``kl``), the mean ``kl_weight``, the cumulative wall ``time`` in seconds
     and, given ``x_test``, ``test_elbo``. The same seed gives bit-for-bit the same run.
     """
-    check_training_data(x, epochs, batch_size)
-    schedule = beta if callable(beta) else constant(beta)
+    check_training_data(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    if x_test is not None:
+        check_data("x_test", model, x_test)
+    schedule = beta if callable(beta) else constant(arguments.number("beta", beta, non_negative=True))
+    arguments.number("free_bits", free_bits, non_negative=True)
+    arguments.integer("n_samples", n_samples)
+    if dynamic_binarization:
+        check_probabilities("x", x)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
@@ -146,7 +175,7 @@ def fit(
     step, start = 0, time.perf_counter()
     for epoch in progress_bar(range(1, epochs + 1), epochs, type(model).__name__, show_progress(progress)):
         model.train()
-        x_epoch = binarize_pixels(x, "dynamic", generator=generator) if dynamic_binarization else x
+        x_epoch = torch.bernoulli(x, generator=generator) if dynamic_binarization else x  # x checked once, above
         sums: dict[str, float] = {}
         weights = 0.0
         for idx in minibatches(len(x), batch_size, generator):
@@ -172,6 +201,8 @@ def fit(
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, batch_size: int = 1000) -> dict[str, float]:
     """The model's statistics averaged over ``x`` (for a VAE: ``elbo``, ``rec``, ``kl`` in nats), without gradients."""
+    check_data("x", model, x)
+    arguments.integer("batch_size", batch_size)
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -186,15 +217,20 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {"class": type(model).__name__, "config": model.config, "state": model.state_dict()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    tmp = temporary_name(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # an ordinary new file: its mode follows the umask, like any other
             torch.save(checkpoint, f)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def temporary_name(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` (``.name.XXXXXXXX.tmp``), to write to before renaming into place."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

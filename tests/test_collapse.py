@@ -207,5 +207,5 @@ def test_synthetic_one_latent_samples_one_fixed_model():
     torch.testing.assert_close(x.mean(0), x_other.mean(0), atol=0.05, rtol=0)  # the same model behind both seeds
     # the first value depends on z alone: its frequency differs between z < 0 and z > 0
     assert abs(x[z[:, 0] > 0, 0].mean() - x[z[:, 0] < 0, 0].mean()) > 0.1
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="n must be at least 1, got 0"):
         data.synthetic_one_latent(0)

@@ -1,10 +1,12 @@
-"""course_code.data: the embedded digits, binarization, and MNIST from a local copy or (simulated) offline."""
+"""course_code.data: the embedded digits, binarization, and MNIST from a local copy, the original files or (simulated) offline."""
 
+import os
 import socket
 import struct
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +217,114 @@ def test_a_failed_download_after_the_server_answered_is_still_one_clear_message(
     with pytest.raises(data.DataUnavailableError, match="could not be downloaded.*Error downloading") as error:
         data.load_mnist("download")
     assert "COURSE_MNIST" in str(error.value)
+
+
+def test_mnist_files_that_disagree_are_named(fake_mnist):
+    root, _, _ = fake_mnist
+    raw = root / "MNIST" / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", np.zeros((20, 28, 28)))
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(5))
+    with pytest.raises(data.CorruptDataError, match="train-images holds 20 images but train-labels holds 5 labels"):
+        data.load_mnist(root)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "is not an MNIST file"),
+        (np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "is not an MNIST file"),
+        (struct.pack(">BBBBIII", 0, 0, 8, 3, 4, 28, 28) + bytes(100), r"truncated or damaged: its header announces 4 items \(3,152 bytes\) but the file holds 116 bytes"),
+        (struct.pack(">BBBBIII", 0, 0, 8, 3, 4, 32, 32) + bytes(4096), r"items of shape \(32, 32\)"),
+    ],
+    ids=["empty", "random-bytes", "truncated", "not-28x28"],
+)
+def test_a_damaged_uncompressed_file_is_named(fake_mnist, content, problem):
+    root, _, _ = fake_mnist
+    bad = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    bad.write_bytes(content)
+    with pytest.raises(data.CorruptDataError, match=problem) as error:
+        data.load_mnist(root)
+    assert str(bad) in str(error.value) and "COURSE_MNIST" in str(error.value)
+
+
+def test_a_missing_file_is_named(fake_mnist):
+    root, _, _ = fake_mnist
+    (root / "MNIST" / "raw" / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(data.DataUnavailableError, match="train-labels-idx1-ubyte.gz .or train-labels-idx1-ubyte. is missing from"):
+        data.load_mnist(root)
+
+
+def test_course_mnist_is_named_only_when_it_was_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_MNIST", str(tmp_path / "elsewhere"))
+    with pytest.raises(data.DataUnavailableError, match="^COURSE_MNIST points at .*elsewhere, which is not a directory"):
+        data.load("mnist")
+    with pytest.raises(data.DataUnavailableError, match="^the MNIST folder .*nowhere is not a directory"):
+        data.load("mnist", mnist=tmp_path / "nowhere")  # an argument wins over the environment
+
+
+# ---- the four original files (md5-checked), from $COURSE_MNIST --------------------------------
+
+REAL_MNIST = os.environ.get("COURSE_MNIST")  # read at import: the fixtures above unset it for each test
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # digits 0–9 in MNIST's training set
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="module")
+def originals():
+    """The folder of the four original .gz files: skipped where there is none, a failure under CI."""
+    if REAL_MNIST and REAL_MNIST != "download" and all((Path(REAL_MNIST) / name).is_file() for name in data.MNIST_FILES):
+        return Path(REAL_MNIST)
+    reason = f"needs COURSE_MNIST set to a folder holding {', '.join(data.MNIST_FILES)} (got {REAL_MNIST!r})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def linked_copy(originals, folder):
+    """A folder of symbolic links to the original files, to damage one of them without touching the originals."""
+    folder.mkdir(parents=True)
+    for name in data.MNIST_FILES:
+        (folder / name).symlink_to(originals / name)
+    return folder
+
+
+def test_the_original_files_load_in_both_layouts(originals, tmp_path):
+    mnist = data.load("mnist", mnist=originals)
+    assert mnist.x_train.shape == (60_000, 784) and mnist.x_test.shape == (10_000, 784)
+    assert mnist.x_train.dtype == torch.get_default_dtype() and mnist.y_train.dtype == torch.int64
+    assert mnist.x_train.min() == 0 and mnist.x_train.max() == 1
+    assert torch.bincount(mnist.y_train).tolist() == TRAIN_COUNTS
+    assert torch.bincount(mnist.y_test).tolist() == TEST_COUNTS
+    assert mnist.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    torchvision_layout = linked_copy(originals, tmp_path / "MNIST" / "raw")
+    again = data.load_mnist(tmp_path)
+    assert torch.equal(again.x_test, mnist.x_test) and torch.equal(again.y_train, mnist.y_train)
+    assert torchvision_layout.is_dir()
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda b: b[:1000], r"holds 1,000 bytes, the original holds 4,542"),
+        (lambda b: b"", r"holds 0 bytes, the original holds 4,542"),
+        (lambda b: np.random.default_rng(0).integers(0, 256, len(b), dtype=np.uint8).tobytes(), "its md5 sum is [0-9a-f]{32}, the original's is ec29112dd5afa0611ce80d1b7f02629c"),
+        (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "its md5 sum is [0-9a-f]{32}, the original's is ec29112dd5afa0611ce80d1b7f02629c"),
+    ],
+    ids=["truncated", "empty", "random-bytes", "one-bit-flipped"],
+)
+def test_a_damaged_original_is_named_with_what_is_wrong(originals, tmp_path, damage, problem):
+    folder = linked_copy(originals, tmp_path / "mnist")
+    bad = folder / "t10k-labels-idx1-ubyte.gz"
+    content = bad.read_bytes()
+    bad.unlink()
+    bad.write_bytes(damage(content))
+    with pytest.raises(data.CorruptDataError, match=problem) as error:
+        data.load("mnist", mnist=folder)
+    assert str(error.value).startswith(f"{bad} is damaged") and "COURSE_MNIST" in str(error.value)
+
+
+def test_a_missing_original_is_named(originals, tmp_path):
+    folder = linked_copy(originals, tmp_path / "mnist")
+    (folder / "train-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(data.DataUnavailableError, match=f"train-images-idx3-ubyte.gz .or train-images-idx3-ubyte. is missing from {folder}"):
+        data.load("mnist", mnist=folder)

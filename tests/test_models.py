@@ -124,11 +124,15 @@ def test_autoencoder_shapes_and_loss():
 
 # ---- errors -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("z_dim", [0, -2, 2.5])
-def test_latent_size_must_be_a_positive_integer(z_dim):
-    with pytest.raises(ValueError, match="z_dim must be a positive integer"):
+@pytest.mark.parametrize(
+    "z_dim, error, message",
+    [(0, ValueError, "at least 1, got 0"), (-2, ValueError, "at least 1, got -2"),
+     (2.5, TypeError, "an integer, got 2.5"), (True, TypeError, "an integer, got True")],
+)
+def test_latent_size_must_be_a_positive_integer(z_dim, error, message):
+    with pytest.raises(error, match=f"z_dim must be {message}"):
         models.VAE(X_DIM, z_dim)
-    with pytest.raises(ValueError, match="z_dim must be a positive integer"):
+    with pytest.raises(error, match=f"z_dim must be {message}"):
         models.Autoencoder(X_DIM, z_dim)
 
 
@@ -138,7 +142,7 @@ def test_unknown_likelihood_names_the_choices():
 
 
 def test_autoregressive_decoder_needs_a_hidden_layer():
-    with pytest.raises(ValueError, match="at least one hidden layer"):
+    with pytest.raises(ValueError, match="decoder_hidden must hold at least one width"):
         models.VAE(X_DIM, Z_DIM, likelihood="autoregressive", decoder_hidden=())
 
 

@@ -1,8 +1,9 @@
-"""python -m course_code.train: a short run on the digits, its outputs, and the offline-MNIST message."""
+"""python -m course_code.train: a short run on the digits, its outputs (checked first, written whole), Ctrl-C, and one-line errors."""
 
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,4 +94,106 @@ def test_a_missing_data_dir_is_the_same_kind_of_error(tmp_path, capsys):
 def test_bad_arguments_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(argv)
-    assert exit_info.value.code == 2 and "usage:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "error:" in err and "(see --help)" in err
+
+
+# ---- outputs: checked first, written whole, never mixed with another run's --------------------
+
+@pytest.fixture
+def previous_run(tmp_path):
+    """An output folder holding an earlier run's two files."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"earlier model")
+    (out / "samples.png").write_bytes(b"earlier figure")
+    return out
+
+
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_training_keeps_the_previous_outputs(previous_run, capsys, monkeypatch):
+    monkeypatch.setattr(training, "fit", interrupt)
+    assert run(previous_run) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted; nothing was saved\n"
+    assert sorted(p.name for p in previous_run.iterdir()) == ["model.pt", "samples.png"]  # no temporary file left
+    assert (previous_run / "model.pt").read_bytes() == b"earlier model"
+    assert (previous_run / "samples.png").read_bytes() == b"earlier figure"
+
+
+def test_ctrl_c_while_the_figure_is_written_leaves_no_half_file(previous_run, capsys, monkeypatch):
+    def half_written(model, dataset, path, seed):
+        path.write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_figure", half_written)
+    assert run(previous_run) == 130
+    assert capsys.readouterr().err == "interrupted; nothing was saved\n"
+    assert sorted(p.name for p in previous_run.iterdir()) == ["model.pt", "samples.png"]
+    assert (previous_run / "model.pt").read_bytes() == b"earlier model"
+
+
+def test_ctrl_c_during_the_evaluation_keeps_this_runs_model_and_figure_together(previous_run, capsys, monkeypatch):
+    monkeypatch.setattr(train, "mean_log_px", interrupt)
+    assert run(previous_run) == 130
+    captured = capsys.readouterr()
+    assert captured.err == f"interrupted during the evaluation; the trained model is saved in {previous_run}\n"
+    assert "test log p(x)" not in captured.out
+    assert sorted(p.name for p in previous_run.iterdir()) == ["model.pt", "samples.png"]
+    assert isinstance(training.load(previous_run / "model.pt"), models.VAE)  # this run's model…
+    assert (previous_run / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # …next to this run's figure
+
+
+def test_ctrl_c_just_after_saving_says_the_outputs_are_saved(previous_run, capsys, monkeypatch):
+    publish = train.Outputs.publish
+
+    def publish_then_interrupt(outputs):
+        publish(outputs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.Outputs, "publish", publish_then_interrupt)
+    assert run(previous_run) == 130
+    assert capsys.readouterr().err == f"interrupted; the trained model is saved in {previous_run}\n"
+    assert sorted(p.name for p in previous_run.iterdir()) == ["model.pt", "samples.png"]
+    assert isinstance(training.load(previous_run / "model.pt"), models.VAE)
+
+
+def test_outputs_have_the_usual_mode(tmp_path, capsys):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert run(tmp_path, "--epochs", "1") == 0
+    finally:
+        os.umask(old)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("model.pt", "samples.png")}
+    assert modes == {"model.pt": 0o644, "samples.png": 0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "samples.png"]
+
+
+def test_an_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere: the permission check cannot fail")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    monkeypatch.setattr(training, "fit", interrupt)  # reaching training would be the bug
+    assert run(locked / "out") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be written to" in err and "choose another --out" in err
+
+
+def test_a_folder_that_refuses_files_fails_before_training_and_is_removed(tmp_path, capsys, monkeypatch):
+    def refuse(path, *args, **kwargs):  # what a read-only folder does to a user who is not root
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "touch", refuse)
+    monkeypatch.setattr(training, "fit", interrupt)  # reaching training would be the bug
+    assert run(tmp_path / "new" / "out") == 1
+    err = capsys.readouterr().err
+    assert err == f"error: --out {tmp_path / 'new' / 'out'} cannot be written to (Permission denied); choose another --out\n"
+    assert list(tmp_path.iterdir()) == []  # the folders it had created are gone again

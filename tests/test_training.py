@@ -73,7 +73,7 @@ def test_linear_warmup():
     assert [schedule(s) for s in (0, 5, 10, 25)] == [0.0, 0.5, 1.0, 1.0]
     schedule = training.linear_warmup(4, start=0.2, end=0.6)
     assert [schedule(s) for s in (0, 2, 4, 9)] == pytest.approx([0.2, 0.4, 0.6, 0.6])
-    with pytest.raises(ValueError, match="positive number of steps"):
+    with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
         training.linear_warmup(0)
 
 
@@ -116,11 +116,11 @@ def test_a_nan_loss_stops_training_naming_epoch_and_step(digits):
 
 
 def test_bad_arguments(digits):
-    with pytest.raises(ValueError, match="training set is empty"):
+    with pytest.raises(ValueError, match=r"x is empty \(shape \(0, 64\)\)"):
         training.fit(small_vae(), torch.zeros(0, 64))
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         training.fit(small_vae(), digits.x_train.numpy())
-    with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
+    with pytest.raises(ValueError, match="epochs must be at least 1, got 0"):
         training.fit(small_vae(), digits.x_train, epochs=0)
     x = digits.x_train.clone()
     x[3, 5] = float("nan")
