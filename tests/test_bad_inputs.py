@@ -205,11 +205,11 @@ CASES = [
     ("surgery-negative-limit", lambda t: diagnostics.surgery_on_grid(MU[:, :1], LOGVAR[:, :1], limit=-1.0), ValueError, "limit must be positive"),
     ("kl-per-dim-1d", lambda t: diagnostics.kl_per_dim(torch.zeros(8), torch.zeros(8)), ValueError, r"mu must have 2 dimension\(s\) \(N, d\)"),
     # ---- collapse
-    ("aggressive-one-held-out", lambda t: collapse.aggressive_fit(models.VAE(16, 1, (8,)), X, X[:1], epochs=1), ValueError, "x_test needs at least two points"),
+    ("aggressive-one-held-out", lambda t: collapse.aggressive_fit(models.VAE(16, 1, (8,)), X, X[:1], epochs=1), ValueError, "x_val needs at least two points"),
     ("aggressive-zero-inner-steps", lambda t: collapse.aggressive_fit(models.VAE(16, 1, (8,)), X, X, max_inner_steps=0), ValueError, "max_inner_steps must be at least 1"),
     ("aggressive-float-epochs", lambda t: collapse.aggressive_fit(models.VAE(16, 1, (8,)), X, X, epochs=2.5), TypeError, "epochs must be an integer"),
     ("table-unknown-column", lambda t: collapse.table({}, columns=("elbo",)), ValueError, r"unknown columns \['elbo'\]"),
-    ("run-aggressive-with-beta", lambda t: collapse.run(X, X, {"x_dim": 16, "z_dim": 1}, epochs=1, beta=0.5, aggressive=True), ValueError, "leave beta=1 and free_bits=0"),
+    ("run-aggressive-with-beta", lambda t: collapse.run(X, X, X, {"x_dim": 16, "z_dim": 1}, epochs=1, beta=0.5, aggressive=True), ValueError, "leave beta=1 and free_bits=0"),
     # ---- gradients
     ("score-function-sigma", lambda t: gradients.score_function(torch.square, torch.zeros(2), -torch.ones(2), torch.zeros(5, 2)), ValueError, "sigma must be positive"),
     ("pathwise-f-text", lambda t: gradients.pathwise("square", torch.zeros(2), torch.ones(2), torch.zeros(5, 2)), TypeError, "f must be a function"),

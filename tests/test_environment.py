@@ -121,9 +121,14 @@ def test_readme_links_are_made_from_the_config_address():
         assert f"({link})" in readme, f"the README's {service} link should be {link}"
     url = config()["repository"]["url"]
     owner_name = url.removeprefix("https://github.com/")
+    name = owner_name.split("/")[1]
     for page in [ROOT / "README.md", *sorted((ROOT / "book").glob("*.md"))]:
-        named = set(re.findall(r"(?:github\.com|/v2/gh|colab\.research\.google\.com/github)/([\w-]+/[\w-]+)",
-                               page.read_text()))
+        text = page.read_text()
+        # Addresses of the course itself: launch links, clone and install commands, and any GitHub link to a
+        # repository of the course's name (links to other projects, such as a tool's home, are not the course's).
+        named = set(re.findall(r"(?:/v2/gh|colab\.research\.google\.com/github|git\+https://github\.com|git clone https://github\.com)"
+                               r"/([\w-]+/[\w-]+)", text))
+        named |= {m for m in re.findall(r"github\.com/([\w-]+/[\w-]+)", text) if m.split("/")[1] == name}
         assert named <= {owner_name}, f"{page.name} names other repositories than {url}: {sorted(named - {owner_name})}"
 
 
