@@ -27,7 +27,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c '$(UV_LOCKED)' > $(VENV)/uv-requirement.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(VENV)/uv-requirement.txt
-	$(UV_PIP) sync --python $(BIN)/python --require-hashes requirements.txt
+	$(UV_PIP) sync --python $(BIN)/python --require-hashes --compile-bytecode requirements.txt
 	$(UV_PIP) install --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
