@@ -360,3 +360,15 @@ def test_the_instructors_page_states_the_limits_the_code_sets():
                    f"larger than {limits.file_mib} MiB", f"{limits.memory_mib} MiB of memory per process",
                    f"{limits.processes} processes"):
         assert phrase in page
+
+
+def test_a_sandbox_starts_with_the_graders_font_list(tmp_path, monkeypatch):
+    source, home = tmp_path / "fonts", tmp_path / "home" / ".matplotlib"
+    source.mkdir()
+    (source / "fontlist-v390.json").write_text("{}")
+    (source / "tex.cache").write_text("not copied")
+    monkeypatch.setenv("COURSE_GRADING_FONTS", str(source))
+    monkeypatch.setenv("MPLCONFIGDIR", str(home))
+    sandbox._seed_font_cache()
+    assert sorted(p.name for p in home.iterdir()) == ["fontlist-v390.json"]
+    assert list(Path(sandbox._font_cache()).glob("fontlist*.json")), "the grader's own list exists, to be copied"

@@ -41,6 +41,7 @@ INSTALL = ("the grader runs every submission in a sandbox made with bubblewrap, 
            "to grade without one (only for notebooks you trust: every row then says 'not sandboxed')")
 INBOX = "/grading"  # the read-only folder holding the submission, inside the sandbox
 HOME = "/home/learner"  # the working folder, inside the sandbox
+FONTS = "/grading-fonts"  # matplotlib's font cache of the grader's machine, read-only inside the sandbox
 PACKAGE = Path(course_code.__file__).resolve().parent
 _DTYPES = {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"}
 _MAX_ITEMS = 64  # of a returned tuple or list
@@ -98,9 +99,10 @@ def _bwrap(inbox: Path, limits: Limits) -> list[str]:
         args += ["--ro-bind", prefix, prefix]
     for folder in _data_folders():
         args += ["--ro-bind-try", str(folder), str(folder)]
+    args += ["--ro-bind-try", _font_cache(), FONTS]
     args += ["--ro-bind", str(inbox), INBOX, "--size", str(limits.disk_mib << 20), "--tmpfs", HOME,
              "--remount-ro", "/", "--chdir", HOME]
-    for key, value in {**_environment(HOME), "COURSE_GRADING_INBOX": INBOX}.items():
+    for key, value in {**_environment(HOME), "COURSE_GRADING_INBOX": INBOX, "COURSE_GRADING_FONTS": FONTS}.items():
         args += ["--setenv", key, value]
     return args + ["--"]
 
@@ -113,6 +115,29 @@ def _environment(home: str) -> dict[str, str]:
            "COURSE_PROGRESS": "0", "COURSE_DATA_HOME": str(_data_folders()[0])}
     env.update({key: os.environ[key] for key in ("COURSE_DATASET", "COURSE_MNIST") if key in os.environ})
     return env
+
+
+def _font_cache() -> str:
+    """The folder of matplotlib's font list on this machine, built here if it is missing.
+
+    A sandbox starts with an empty home, so without a copy of this list matplotlib would rebuild it
+    (about half a second) in every sandboxed process that plots.
+    """
+    import matplotlib
+    from matplotlib import font_manager  # noqa: F401  (importing it writes the list when it is missing)
+
+    return matplotlib.get_cachedir()
+
+
+def _seed_font_cache() -> None:
+    """Inside the sandbox, before anything plots: copy the grader's font list into the writable MPLCONFIGDIR."""
+    source, target = os.environ.get("COURSE_GRADING_FONTS"), os.environ.get("MPLCONFIGDIR")
+    if not source or not target or not os.path.isdir(source):
+        return
+    os.makedirs(target, exist_ok=True)
+    for name in os.listdir(source):
+        if name.startswith("fontlist") and name.endswith(".json"):
+            shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
 
 
 def _data_folders() -> list[Path]:
@@ -186,7 +211,7 @@ def run(command: list[str], stdin: bytes, inbox: Path, seconds: float, limits: L
             request_inbox = INBOX
         else:
             cwd = stack.enter_context(_scratch())
-            argv, env, request_inbox = python, _environment(cwd), str(inbox)
+            argv, env, request_inbox = python, {**_environment(cwd), "COURSE_GRADING_FONTS": _font_cache()}, str(inbox)
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                    cwd=cwd, env={**env, "COURSE_GRADING_INBOX": request_inbox}, preexec_fn=limit,
                                    start_new_session=True)
@@ -396,6 +421,7 @@ def _call(request: dict, out) -> None:
 def main() -> None:
     """Entry point inside the sandbox: ``notebook`` or ``call``; the request arrives on stdin, the report leaves on stdout."""
     command = sys.argv[1]
+    _seed_font_cache()
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # what the learner's code prints does not reach the report
