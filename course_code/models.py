@@ -4,6 +4,7 @@ Every model exposes ``loss(x, beta, free_bits, n_samples) -> (loss, stats)``, wh
 :func:`course_code.training.fit` needs. Models know nothing about training.
 """
 
+import importlib
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from course_code import arguments, objectives
-from course_code.distributions import log_bernoulli, log_normal
+from course_code.distributions import log_bernoulli, log_normal, log_standard_normal, reparameterize
 
 LIKELIHOODS = ("bernoulli", "gaussian", "autoregressive")
 
@@ -146,12 +147,54 @@ class AutoregressiveDecoder(nn.Module):
         return x
 
 
+OBJECTIVES = ("elbo", "iwae")
+
+
+def component_spec(name: str, component: nn.Module | dict | None) -> dict | None:
+    """How a VAE's pluggable part (``prior`` or ``flow``) is written into its configuration.
+
+    A part is an ``nn.Module`` of a ``course_code`` module whose ``config`` dict holds the keyword
+    arguments that rebuild it; it is stored as ``{"class": "course_code.<module>.<Class>", "config": ...}``.
+    """
+    if component is None or isinstance(component, dict):
+        return component
+    cls = type(component)
+    if not isinstance(component, nn.Module) or not cls.__module__.startswith("course_code."):
+        raise TypeError(f"{name} must be None or a course_code module (nn.Module), got {cls.__name__}")
+    config = getattr(component, "config", None)
+    if not isinstance(config, dict):
+        raise TypeError(f"{name} ({cls.__name__}) needs a `config` dict of the keyword arguments that rebuild it")
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "config": config}
+
+
+def build_component(name: str, spec: nn.Module | dict | None) -> nn.Module | None:
+    """The part a :func:`component_spec` describes (a module passed in is returned as it is)."""
+    if spec is None or isinstance(spec, nn.Module):
+        return spec
+    path = spec.get("class", "") if isinstance(spec, dict) else ""
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name.startswith("course_code."):
+        raise ValueError(f"{name} names {path!r}; only classes of course_code modules can be rebuilt")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if cls is None:
+        raise ValueError(f"{name} names {path!r}, which {module_name} does not define")
+    return cls(**spec.get("config", {}))
+
+
 class VAE(nn.Module):
-    """A variational autoencoder: encoder q_φ(z|x), prior N(0, I), decoder p_θ(x|z) (chapters 3–6).
+    """A variational autoencoder: encoder q_φ(z|x), prior p(z), decoder p_θ(x|z) (chapters 3–10).
 
     ``likelihood`` is ``"bernoulli"`` (binary or grey pixels in [0, 1]), ``"gaussian"`` (learned
     per-pixel variance, or the fixed log-variance ``decoder_logvar`` of every pixel) or
     ``"autoregressive"`` (a masked Bernoulli decoder that can ignore z).
+
+    Two parts are pluggable. ``prior`` (default N(0, I)) is a module with ``log_prob(z)`` (summed
+    over the last axis) and ``sample(n, generator)``; if it has ``attach(vae)`` it is called once,
+    so a prior built from the encoder (the VampPrior) can reach it. ``flow`` (default none) turns
+    the encoder's Gaussian sample z₀ into z: ``flow(z0, h) -> (z, log_det)``, where ``h`` is the
+    encoder's last hidden layer and ``log_det`` = log |det ∂z/∂z₀|, so log q(z|x) = log N(z₀) − log_det.
+    With either part the KL term is estimated from the samples. ``objective`` is what
+    :meth:`loss` maximises: the ELBO, or the importance-weighted bound with ``n_samples`` samples.
     """
 
     def __init__(
@@ -162,11 +205,16 @@ class VAE(nn.Module):
         likelihood: str = "bernoulli",
         decoder_hidden: Sequence[int] | None = None,
         decoder_logvar: float | None = None,
+        prior: nn.Module | dict | None = None,
+        flow: nn.Module | dict | None = None,
+        objective: str = "elbo",
     ):
         super().__init__()
         _check_sizes(x_dim=x_dim, z_dim=z_dim)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
         hidden = arguments.sizes("hidden", hidden)
         decoder_hidden = hidden if decoder_hidden is None else arguments.sizes("decoder_hidden", decoder_hidden)
         if decoder_logvar is not None and likelihood != "gaussian":
@@ -174,16 +222,30 @@ class VAE(nn.Module):
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=hidden, likelihood=likelihood, decoder_hidden=decoder_hidden)
         if decoder_logvar is not None:
             self.config["decoder_logvar"] = float(decoder_logvar)
-        self.x_dim, self.z_dim = x_dim, z_dim
+        for name, part in (("prior", prior), ("flow", flow)):
+            if part is not None:
+                self.config[name] = component_spec(name, part)
+        if objective != "elbo":
+            self.config["objective"] = objective
+        self.x_dim, self.z_dim, self.objective = x_dim, z_dim, objective
         self.encoder = Encoder(x_dim, z_dim, hidden)
         decoder_class = {"bernoulli": BernoulliDecoder, "gaussian": GaussianDecoder, "autoregressive": AutoregressiveDecoder}
         if decoder_logvar is None:
             self.decoder = decoder_class[likelihood](z_dim, x_dim, decoder_hidden)
         else:
             self.decoder = GaussianDecoder(z_dim, x_dim, decoder_hidden, logvar=decoder_logvar)
+        self.prior = build_component("prior", prior)
+        self.flow = build_component("flow", flow)
+        if self.prior is not None and hasattr(self.prior, "attach"):
+            self.prior.attach(self)
+
+    @property
+    def standard(self) -> bool:
+        """Whether q is the encoder's diagonal Gaussian and p(z) = N(0, I) (the KL then has a closed form)."""
+        return self.prior is None and self.flow is None
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(μ, log σ²) of q_φ(z|x)."""
+        """(μ, log σ²) of q_φ(z|x) (with a flow: of the Gaussian z₀ the flow starts from)."""
         _check_input(x, self.x_dim, self.encoder.head.weight.dtype)
         return self.encoder(x)
 
@@ -191,15 +253,56 @@ class VAE(nn.Module):
         """log p_θ(x|z), shape ``z.shape[:-1]``."""
         return self.decoder.log_likelihood(x, z)
 
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(z), summed over the latent dimensions, shape ``z.shape[:-1]``."""
+        return log_standard_normal(z) if self.prior is None else self.prior.log_prob(z)
+
+    def posterior_sample(self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """K reparameterized draws z ~ q_φ(z|x), shape ``(K, B, d)``, and log q_φ(z|x) of each, shape ``(K, B)``."""
+        _check_input(x, self.x_dim, self.encoder.head.weight.dtype)
+        h = self.encoder.body(x)
+        mu, logvar = self.encoder.head(h).chunk(2, dim=-1)
+        z = reparameterize(mu, logvar, arguments.integer("n_samples", n_samples), generator)
+        log_q = log_normal(z, mu, logvar)
+        if self.flow is not None:
+            z, log_det = self.flow(z, h.expand(z.shape[0], *h.shape))
+            log_q = log_q - log_det
+        return z, log_q
+
+    def log_weights(self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for K draws z_k ~ q(z|x), shape ``(K, B)``."""
+        z, log_q = self.posterior_sample(x, n_samples, generator)
+        return objectives.checked_log_lik(self.log_likelihood, x, z) + self.log_prior(z) - log_q
+
     def forward(self, x: Tensor, n_samples: int = 1, analytic_kl: bool = True) -> objectives.ElboTerms:
-        """The ELBO of each datapoint and its parts (eq. `eq-elbo-rec-kl`)."""
-        mu, logvar = self.encode(x)
-        return objectives.elbo(self.log_likelihood, x, mu, logvar, n_samples, analytic_kl)
+        """The ELBO of each datapoint and its parts (eq. `eq-elbo-rec-kl`).
+
+        The KL is in closed form for the standard model (unless ``analytic_kl=False``); with a prior
+        or a flow it is E_q[log q(z|x) − log p(z)], estimated from the same K samples.
+        """
+        if self.standard:
+            mu, logvar = self.encode(x)
+            return objectives.elbo(self.log_likelihood, x, mu, logvar, n_samples, analytic_kl)
+        z, log_q = self.posterior_sample(x, n_samples)
+        rec = objectives.checked_log_lik(self.log_likelihood, x, z).mean(0)
+        kl = (log_q - self.log_prior(z)).mean(0)
+        return objectives.ElboTerms(rec - kl, rec, kl, None)
 
     elbo = forward
 
     def loss(self, x: Tensor, beta: float = 1.0, free_bits: float = 0.0, n_samples: int = 1) -> tuple[Tensor, dict]:
-        """Training loss −(rec − β·KL) averaged over the batch, and the batch means of ELBO, rec and KL."""
+        """Training loss and the batch means of its statistics.
+
+        For ``objective="elbo"``: −(rec − β·KL) averaged over the batch, with stats ELBO, rec and KL.
+        For ``objective="iwae"``: −log (1/K) Σ_k w_k with K = ``n_samples`` (eq. `eq-iwae`), averaged over
+        the batch; β and free bits do not apply to it and must stay at 1 and 0.
+        """
+        if self.objective == "iwae":
+            if beta != 1.0 or free_bits != 0.0:
+                raise ValueError(f"the IWAE objective has no KL weight or free bits; got beta={beta}, free_bits={free_bits}")
+            bound = objectives.log_mean_exp_chunked(lambda k: self.log_weights(x, k), n_samples, chunk_size=n_samples)
+            loss = -bound.mean()
+            return loss, {"iwae": bound.mean().item()}
         terms = self(x, n_samples)
         loss = objectives.weighted_loss(terms, beta, free_bits)
         return loss, {"elbo": terms.elbo.mean().item(), "rec": terms.rec.mean().item(), "kl": terms.kl.mean().item()}
@@ -207,8 +310,10 @@ class VAE(nn.Module):
     def log_px(self, x: Tensor, n_samples: int = 1000, chunk_size: int = 500, generator: torch.Generator | None = None) -> Tensor:
         """Importance-sampled estimate of log p_θ(x) with K = ``n_samples`` (eq. `eq-log-px-is`)."""
         with torch.no_grad():
-            mu, logvar = self.encode(x)
-        return objectives.log_px_estimate(self.log_likelihood, x, mu, logvar, n_samples, chunk_size, generator)
+            if self.standard:
+                mu, logvar = self.encode(x)
+                return objectives.log_px_estimate(self.log_likelihood, x, mu, logvar, n_samples, chunk_size, generator)
+            return objectives.log_mean_exp_chunked(lambda k: self.log_weights(x, k, generator), n_samples, chunk_size)
 
     @torch.no_grad()
     def decode(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -217,15 +322,23 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Decode ``n`` draws z ~ p(z) = N(0, I)."""
+        """Decode ``n`` draws z ~ p(z)."""
+        n = arguments.integer("n", n)
+        if self.prior is not None:
+            return self.decode(self.prior.sample(n, generator), generator)
         weight = self.encoder.head.weight
-        z = torch.randn(arguments.integer("n", n), self.z_dim, generator=generator, dtype=weight.dtype, device=weight.device)
+        z = torch.randn(n, self.z_dim, generator=generator, dtype=weight.dtype, device=weight.device)
         return self.decode(z, generator)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Decode the posterior mean μ_φ(x)."""
-        return self.decode(self.encode(x)[0], generator)
+        """Decode the posterior mean μ_φ(x) (with a flow: the flow applied to μ_φ(x))."""
+        if self.flow is None:
+            return self.decode(self.encode(x)[0], generator)
+        _check_input(x, self.x_dim, self.encoder.head.weight.dtype)
+        h = self.encoder.body(x)
+        mu = self.encoder.head(h).chunk(2, dim=-1)[0]
+        return self.decode(self.flow(mu[None], h[None])[0][0], generator)
 
 
 class Autoencoder(nn.Module):

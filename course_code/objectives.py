@@ -2,7 +2,9 @@
 
 A model enters these functions through two things only: the parameters ``(mu, logvar)`` of
 the diagonal Gaussian q(z|x), and a function ``log_lik(x, z)`` that returns log p(x|z) with
-shape ``(K, B)`` for samples ``z`` of shape ``(K, B, d)``. The prior is N(0, I) throughout.
+shape ``(K, B)`` for samples ``z`` of shape ``(K, B, d)``. The prior is N(0, I) here; a model
+with another prior or a richer q computes its own log-weights (``models.VAE.log_weights``) and
+uses :func:`log_mean_exp_chunked`.
 """
 
 import math
@@ -57,7 +59,7 @@ def elbo(
     """
     _check_q(log_lik, x, mu, logvar)
     z = reparameterize(mu, logvar, arguments.integer("n_samples", n_samples), generator)  # (K, B, d)
-    rec = _log_lik_values(log_lik, x, z).mean(0)
+    rec = checked_log_lik(log_lik, x, z).mean(0)
     if analytic_kl:
         kl_per_dim = kl_normal_per_dim(mu, logvar)
         kl = kl_per_dim.sum(-1)
@@ -92,10 +94,10 @@ def log_weights(
     """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for z_k ~ q(z|x); shape ``(K, B)``."""
     _check_q(log_lik, x, mu, logvar)
     z = reparameterize(mu, logvar, n_samples, generator)
-    return _log_lik_values(log_lik, x, z) + log_standard_normal(z) - log_normal(z, mu, logvar)
+    return checked_log_lik(log_lik, x, z) + log_standard_normal(z) - log_normal(z, mu, logvar)
 
 
-def _log_lik_values(log_lik: LogLik, x: Tensor, z: Tensor) -> Tensor:
+def checked_log_lik(log_lik: LogLik, x: Tensor, z: Tensor) -> Tensor:
     """``log_lik(x, z)``, checked to have the shape ``(K, B)`` of the samples ``z`` (K, B, d) it was given."""
     values = log_lik(x, z)
     if not isinstance(values, Tensor) or values.shape != z.shape[:-1]:
@@ -122,12 +124,21 @@ def iwae_bound(
     each chunk is combined with the others by one more log-sum-exp. For large K this is the
     importance-sampled estimate of log p(x) used throughout the course.
     """
+    return log_mean_exp_chunked(lambda k: log_weights(log_lik, x, mu, logvar, k, generator), n_samples, chunk_size)
+
+
+def log_mean_exp_chunked(draw_log_weights: Callable[[int], Tensor], n_samples: int, chunk_size: int = 500) -> Tensor:
+    """log (1/K) Σ_k w_k from ``draw_log_weights(k)``, which returns k fresh log-weights of shape ``(k, B)``.
+
+    The K = ``n_samples`` weights are drawn ``chunk_size`` at a time; each chunk's log-sum-exp is
+    combined with the others by one more log-sum-exp, so memory does not grow with K.
+    """
+    arguments.function("draw_log_weights", draw_log_weights)
     arguments.integer("n_samples", n_samples)
     arguments.integer("chunk_size", chunk_size)
     partial = []
     for start in range(0, n_samples, chunk_size):
-        k = min(chunk_size, n_samples - start)
-        partial.append(torch.logsumexp(log_weights(log_lik, x, mu, logvar, k, generator), dim=0))
+        partial.append(torch.logsumexp(draw_log_weights(min(chunk_size, n_samples - start)), dim=0))
     return torch.logsumexp(torch.stack(partial), dim=0) - math.log(n_samples)
 
 
