@@ -5,6 +5,7 @@ Every model exposes ``loss(x, beta, free_bits, n_samples) -> (loss, stats)``, wh
 """
 
 import importlib
+import math
 from collections.abc import Sequence
 
 import torch
@@ -295,14 +296,15 @@ class VAE(nn.Module):
 
         For ``objective="elbo"``: −(rec − β·KL) averaged over the batch, with stats ELBO, rec and KL.
         For ``objective="iwae"``: −log (1/K) Σ_k w_k with K = ``n_samples`` (eq. `eq-iwae`), averaged over
-        the batch; β and free bits do not apply to it and must stay at 1 and 0.
+        the batch, with stats the bound and the ELBO estimated from the same K samples (the mean of
+        log w_k); β and free bits do not apply to it and must stay at 1 and 0.
         """
         if self.objective == "iwae":
             if beta != 1.0 or free_bits != 0.0:
                 raise ValueError(f"the IWAE objective has no KL weight or free bits; got beta={beta}, free_bits={free_bits}")
-            bound = objectives.log_mean_exp_chunked(lambda k: self.log_weights(x, k), n_samples, chunk_size=n_samples)
-            loss = -bound.mean()
-            return loss, {"iwae": bound.mean().item()}
+            log_w = self.log_weights(x, n_samples)
+            bound = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+            return -bound.mean(), {"iwae": bound.mean().item(), "elbo": log_w.mean().item()}
         terms = self(x, n_samples)
         loss = objectives.weighted_loss(terms, beta, free_bits)
         return loss, {"elbo": terms.elbo.mean().item(), "rec": terms.rec.mean().item(), "kl": terms.kl.mean().item()}

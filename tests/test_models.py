@@ -282,6 +282,7 @@ def test_the_iwae_loss_with_one_sample_is_the_negative_sampled_elbo():
     terms = objectives.elbo(vae.log_likelihood, x, mu, logvar, 1, analytic_kl=False)
     torch.testing.assert_close(loss, -terms.elbo.mean())
     assert stats["iwae"] == pytest.approx(terms.elbo.mean().item())
+    assert stats["elbo"] == pytest.approx(terms.elbo.mean().item())
     with pytest.raises(ValueError, match="no KL weight"):
         vae.loss(x, beta=0.5)
 
@@ -295,6 +296,16 @@ def test_the_iwae_loss_rises_with_k_on_average():
         torch.manual_seed(5)
         means.append(torch.stack([-vae.loss(x, n_samples=k)[0] for _ in range(50)]).mean())
     assert means[0] < means[1] < means[2]
+
+
+def test_an_iwae_model_trains_and_reports_its_elbo_on_test_data():
+    torch.manual_seed(0)
+    x = torch.rand(32, 6).round()
+    vae = models.VAE(x_dim=6, z_dim=2, hidden=(5,), objective="iwae")
+    history = training.fit(vae, x, epochs=2, batch_size=16, n_samples=5, x_test=x)
+    assert {"iwae", "elbo", "test_elbo"} <= set(history)
+    # On the same samples, mean log w ≤ log mean w (Jensen), batch by batch, so also on average.
+    assert all(e <= b for e, b in zip(history["elbo"], history["iwae"]))
 
 
 def test_unknown_objective_names_the_choices():
