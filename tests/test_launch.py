@@ -105,3 +105,42 @@ def printed(cells) -> list[str]:
     """What each code cell after the first printed, one string per cell."""
     code = [cell for cell in cells if cell.cell_type == "code"][1:]
     return ["".join(o.text for o in cell.outputs if o.output_type == "stream") for cell in code]
+
+
+def test_jupyterlab_opens_the_chapters_as_the_how_to_page_says(tmp_path):
+    """`.venv/bin/jupyter lab book/` (the how-to page's command) starts, offline, and serves the chapters."""
+    import secrets
+    import socket
+    import time
+    import urllib.request
+
+    assert ".venv/bin/jupyter lab book/" in (ROOT / "book" / "how-to-use.md").read_text()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(8)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("jupyter")), "lab", "book/", "--no-browser", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", "--allow-root"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/contents?token={token}", timeout=5) as response:
+                    listing = json.load(response)
+                break
+            except OSError:
+                assert server.poll() is None, f"jupyter lab exited: {server.stderr.read()[-2000:]}"
+                assert time.monotonic() < deadline, "jupyter lab did not answer within 60 s"
+                time.sleep(0.5)
+        names = {item["name"] for item in listing["content"]}
+        assert "tour.ipynb" in names and "01_autoencoders.ipynb" in names, names
+        with urllib.request.urlopen(f"{base}/lab?token={token}", timeout=10) as response:
+            assert response.status == 200 and "JupyterLab" in response.read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
