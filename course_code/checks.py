@@ -122,27 +122,53 @@ def _kind(value) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
-def _shape_problem(expected: torch.Size, got: torch.Size) -> str:
+def _missing_axes(expected: torch.Size, got: torch.Size) -> set[int]:
+    """The axes of ``expected`` whose removal gives ``got`` (a sum or mean over them)."""
+    return {i for i in range(len(expected)) if expected[:i] + expected[i + 1:] == got}
+
+
+def _shape_kinds(expected: torch.Size, got: torch.Size) -> set[tuple]:
+    """Every simple way ``got`` can come from ``expected``: an axis missing or extra, transposed, everything summed."""
+    kinds = {("missing", i) for i in _missing_axes(expected, got)} | {("extra", i) for i in _missing_axes(got, expected)}
+    if len(expected) == 2 and tuple(got) == tuple(reversed(expected)):
+        kinds.add(("transposed",))
+    if len(got) == 0 or (math.prod(got) == 1 and len(got) < len(expected)):
+        kinds.add(("everything",))
+    return kinds
+
+
+def _shape_problem(expected: torch.Size, got: torch.Size, axes: dict[int, str] | None = None,
+                   consistent: set[tuple] | None = None) -> str:
+    """Why the shapes differ; a guess at the cause only among the ``consistent`` ones (those that fit every input)."""
     message = f"it returned shape {tuple(got)} instead of {tuple(expected)}"
-    if len(got) == len(expected) + 1 and got[:-1] == expected:
+    kinds = _shape_kinds(expected, got)
+    if consistent is not None:
+        kinds &= consistent
+    missing = [i for kind, *i in kinds if kind == "missing" for i in i]
+    extra = [i for kind, *i in kinds if kind == "extra" for i in i]
+    if ("everything",) in kinds and len(got) == 0:
+        return message + ": did you sum or average over every axis? Keep the axes the result must have"
+    if missing:
+        axis = max(missing)
+        name = (axes or {}).get(axis, f"axis {axis}")
+        return message + f": {name}, of size {expected[axis]}, is missing; did you sum or average over it?"
+    if extra and max(extra) == len(got) - 1:
         return message + ": did you forget to sum over the last axis?"
-    if len(got) < len(expected) and math.prod(got) == 1:
-        return message + ": did you sum over every axis instead of only the last one?"
-    return message + ": check which axes you sum over, and keep one value per datapoint"
+    if extra:
+        return message + f": it has an extra axis {max(extra)}, of size {got[max(extra)]}; did you forget to sum or average over it?"
+    if ("transposed",) in kinds:
+        return message + ": is it transposed? Check which quantity goes along the rows and which along the columns"
+    if ("everything",) in kinds:
+        return message + ": did you sum or average over every axis? Keep the axes the result must have"
+    return message + ": check which axes you sum or average over"
 
 
-def _value_problem(expected: Tensor, got: Tensor, atol: float, rtol: float) -> str:
+def _value_problem(expected: Tensor, got: Tensor) -> str:
     bad = ~torch.isfinite(got) & torch.isfinite(expected)
     if bad.any():
         index = tuple(torch.nonzero(bad)[0].tolist())
         return f"it returned {got[index].item()} at index {index}, where the expected value is finite"
     message = "its values differ from the reference"
-    if expected.abs().max() > 10 * atol:
-        for factor, words in ((-1.0, "the opposite of the expected value: is a sign flipped?"),
-                              (2.0, "twice the expected value: is a factor ½ missing?"),
-                              (0.5, "half the expected value: an extra factor ½, or a mean where a sum belongs?")):
-            if torch.allclose(got, factor * expected, atol=atol, rtol=rtol):
-                return f"it is {words}"
     if expected.numel() > 1:
         difference = (got - expected).abs().nan_to_num(nan=math.inf)
         index = tuple(torch.nonzero(difference == difference.max())[0].tolist())
@@ -151,17 +177,18 @@ def _value_problem(expected: Tensor, got: Tensor, atol: float, rtol: float) -> s
     return message
 
 
-def _mismatch(expected, got, atol: float, rtol: float) -> str | None:
-    """Why ``got`` differs from ``expected``, or None when they agree."""
+def _mismatch(expected, got, atol: float, rtol: float, axes: dict[int, str] | None = None,
+              shapes: set[tuple] | None = None) -> str | None:
+    """Why ``got`` differs from ``expected``, or None when they agree (no guess at the mistake: see :func:`_diagnosis`)."""
     if isinstance(expected, Tensor):
         if not isinstance(got, Tensor):
             return (f"it returned {_kind(got)}, not a torch tensor: compute the result with torch "
                     f"operations (torch.exp, .sum, …) so that it stays a tensor")
         if got.shape != expected.shape:
-            return _shape_problem(expected.shape, got.shape)
+            return _shape_problem(expected.shape, got.shape, axes, shapes)
         got = got.detach().to(expected.dtype)
         if not torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
-            return _value_problem(expected, got, atol, rtol)
+            return _value_problem(expected, got)
         return None
     if isinstance(expected, (tuple, list)):
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
@@ -305,25 +332,9 @@ def run_case(fn: Callable, case: dict, references: Sequence[str] = (), adapt: Ca
     return ("reference", _tripped[0]) if _tripped else outcome
 
 
-def compare(
-    name: str,
-    fn: Callable,
-    reference: Callable,
-    cases: Sequence[dict],
-    hint: str = "",
-    atol: float = 1e-5,
-    rtol: float = 1e-4,
-    references: Sequence[Callable] = (),
-    adapt: Callable[[Callable], Callable] | None = None,
-) -> None:
-    """Run ``fn`` and ``reference(**case)`` on every case; print the verdict, raise :class:`CheckFailed` on the first failure.
-
-    ``fn`` is called by keyword when its parameters are named like the keys of a case, by position otherwise
-    (after ``adapt(fn)``, when given). ``references`` are the course's implementations of the answer: calling
-    one from ``fn`` fails the check. An ``fn`` whose type has a ``call_cases`` method runs elsewhere (grading):
-    ``fn.call_cases(cases, reference names, adapt, seconds)`` returns one outcome of :func:`run_case` per case.
-    """
-    hint_line = f"\n  hint: {hint}" if hint else ""
+def _outcomes(name: str, fn: Callable, cases: Sequence[dict], references: Sequence[Callable],
+              adapt: Callable | None) -> list[tuple]:
+    """What ``fn`` did on each case, in order, up to the first outcome other than a returned value or an error."""
     if not callable(fn):
         message = (f"{name}: this check needs your function itself, as in checks.{_called_check(name)}(my_function), "
                    f"but it was given {_kind(fn)}")
@@ -334,19 +345,30 @@ def compare(
         outcomes = iter(fn.call_cases(cases, names, adapt, TIME_LIMIT))
     else:
         outcomes = (run_case(fn, case, names, adapt, TIME_LIMIT) for case in cases)
-    for number, case in enumerate(cases, start=1):
-        with torch.no_grad():
-            expected = reference(**case)
+    found = []
+    for _ in cases:
+        outcome = next(outcomes, ("did not finish",))
+        found.append(outcome)
+        if outcome[0] not in ("returned", "raised"):
+            break
+    return found
+
+
+def _judge(name: str, cases: Sequence[dict], outcomes: list[tuple], judge: Callable[[int, object], str | None],
+           hint: str) -> None:
+    """Fail on the first case whose outcome is not a value ``judge(number, value)`` accepts (it returns None), else print ✔."""
+    hint_line = f"\n  hint: {hint}" if hint else ""
+    for number, (case, (kind, *details)) in enumerate(zip(cases, outcomes), start=1):
         where = f"on input {number} of {len(cases)}: {_describe(case)}"
-        kind, *details = next(outcomes, ("did not finish",))
         if kind == "not attempted":
             _record(name, False, f"{name}: not attempted yet (the function still raises NotImplementedError)", "not attempted")
             raise details[0]
         if kind == "returned":
-            why = _mismatch(expected, details[0], atol, rtol)
+            why = judge(number, details[0])
             if why is None:
                 continue
-            message = f"{name}: {why}\n  {where}\n  expected: {_short(expected)}\n  obtained: {_short(details[0])}{hint_line}"
+            why, _, shown = why.partition("\n")
+            message = f"{name}: {why}\n  {where}" + (f"\n{shown}" if shown else "") + hint_line
         elif kind == "raised":
             message = f"{name}: your function raised {details[0]}: {details[1]}\n  {where}{hint_line}"
         elif kind == "reference":
@@ -359,6 +381,126 @@ def compare(
     message = f"✔ {name}: passed on {len(cases)} inputs"
     _record(name, True, message)
     print(message)
+
+
+def _scaled(expected, factor: float, position: int | None):
+    """``expected`` times ``factor`` (only its returned value number ``position`` for a tuple); None when not a tensor."""
+    if position is None:
+        return factor * expected if isinstance(expected, Tensor) else None
+    if not isinstance(expected[position], Tensor):
+        return None
+    return type(expected)(factor * e if i == position else e for i, e in enumerate(expected))
+
+
+_FACTORS = ((-1.0, "the opposite of the expected value: is a sign flipped?"),
+            (2.0, "twice the expected value: is a factor ½ missing?"),
+            (0.5, "half the expected value: an extra factor ½?"))
+
+
+def _diagnosis(expected: list, got: list, alternatives: Sequence[tuple[str, list]], atol: float, rtol: float) -> str | None:
+    """The first of ``alternatives`` (words, values on every case) that ``got`` matches on every case, or a factor that does.
+
+    A diagnosis is a claim about the learner's function, so it must hold on all inputs, not only on the
+    one that failed: twice the reference on one input and not on another is not a missing ½.
+    """
+    if len(got) != len(expected):
+        return None
+    for words, values in alternatives:
+        if all(_mismatch(v, g, atol, rtol) is None for v, g in zip(values, got)):
+            return words
+    positions = [None] if not isinstance(expected[0], (tuple, list)) else range(len(expected[0]))
+    for position in positions:
+        sizes = [(e if position is None else e[position]) for e in expected]
+        if not all(isinstance(e, Tensor) for e in sizes) or max(e.abs().max().item() for e in sizes) <= 10 * atol:
+            continue
+        for factor, words in _FACTORS:
+            scaled = [_scaled(e, factor, position) for e in expected]
+            if all(_mismatch(v, g, atol, rtol) is None for v, g in zip(scaled, got)):
+                return words if position is None else f"in returned value number {position + 1}, it is {words}"
+    return None
+
+
+def _swapped(case: dict, pairs: Sequence[tuple[str, str]]) -> dict:
+    case = dict(case)
+    for a, b in pairs:
+        case[a], case[b] = case[b], case[a]
+    return case
+
+
+def _mean_not_sum(reference: Callable, key: str) -> tuple[str, Callable]:
+    """The mistake "a mean over the last axis where the sum belongs": the reference divided by that axis's size in ``case[key]``."""
+    return ("a mean over the last axis where the sum belongs: sum over it",
+            lambda **case: reference(**case) / case[key].shape[-1])
+
+
+def compare(
+    name: str,
+    fn: Callable,
+    reference: Callable,
+    cases: Sequence[dict],
+    hint: str = "",
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    references: Sequence[Callable] = (),
+    adapt: Callable[[Callable], Callable] | None = None,
+    mistakes: Sequence[tuple[str, Callable]] = (),
+    swaps: Sequence[tuple[str, str]] = (),
+    axes: dict[int, str] | None = None,
+) -> None:
+    """Run ``fn`` and ``reference(**case)`` on every case; print the verdict, raise :class:`CheckFailed` on the first failure.
+
+    ``fn`` is called by keyword when its parameters are named like the keys of a case, by position otherwise
+    (after ``adapt(fn)``, when given). ``references`` are the course's implementations of the answer: calling
+    one from ``fn`` fails the check. An ``fn`` whose type has a ``call_cases`` method runs elsewhere (grading):
+    ``fn.call_cases(cases, reference names, adapt, seconds)`` returns one outcome of :func:`run_case` per case.
+
+    A failure names a likely mistake only when ``fn`` makes it on every case: one of ``mistakes`` (words, and
+    a function taking a case's arguments that returns what the mistake gives), the reference with the argument
+    pairs ``swaps`` exchanged (for an asymmetric function), or a constant factor −1, 2 or ½. ``axes`` names
+    the result's axes for the message about a missing axis (``{0: "the sample axis 0"}``).
+    """
+    outcomes = _outcomes(name, fn, cases, references, adapt)
+    with torch.no_grad():
+        expected = [reference(**case) for case in cases]
+    got = [details[0] for kind, *details in outcomes if kind == "returned"]
+    diagnosis = None
+    if any(_mismatch(e, g, atol, rtol) is not None for e, g in zip(expected, got)):
+        alternatives = []
+        with torch.no_grad():
+            if swaps:
+                words = ", ".join(f"{a} with {b}" for a, b in swaps)
+                alternatives.append((f"the right answer with its arguments swapped ({words}) on every input: the function is "
+                                     f"not symmetric in them; check which plays which role",
+                                     [reference(**_swapped(case, swaps)) for case in cases]))
+            alternatives += [(words, [mistake(**case) for case in cases]) for words, mistake in mistakes]
+        diagnosis = _diagnosis(expected, got, alternatives, atol, rtol)
+
+    shapes = None
+    for e, g in zip(expected, got):
+        if isinstance(e, Tensor) and isinstance(g, Tensor) and e.shape != g.shape:
+            kinds = _shape_kinds(e.shape, g.shape)
+            shapes = kinds if shapes is None else shapes & kinds
+
+    def judge(number: int, value) -> str | None:
+        why = _mismatch(expected[number - 1], value, atol, rtol, axes, shapes)
+        if why is None:
+            return None
+        if diagnosis is not None and why.startswith(("its values differ", "in returned value number")):
+            why = diagnosis if diagnosis.startswith("in returned") else f"it is {diagnosis}"
+        return f"{why}\n  expected: {_short(expected[number - 1])}\n  obtained: {_short(value)}"
+
+    _judge(name, cases, outcomes, judge, hint)
+
+
+def verify(name: str, fn: Callable, cases: Sequence[dict], judge: Callable[..., str | None], hint: str = "",
+           references: Sequence[Callable] = (), adapt: Callable[[Callable], Callable] | None = None) -> None:
+    """A graded assertion: run ``fn`` on every case and accept what it returns when ``judge(value, **case)`` is None.
+
+    For exercises with no single right value (a measurement, a construction): the judge states what must
+    hold, with its tolerance, and returns a sentence saying what does not. The rest is as in :func:`compare`.
+    """
+    outcomes = _outcomes(name, fn, cases, references, adapt)
+    _judge(name, cases, outcomes, lambda number, value: judge(value, **cases[number - 1]), hint)
 
 
 def gaussian_cases(seed: int = 0) -> list[dict]:
@@ -382,6 +524,9 @@ def kl_standard_normal(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         gaussian_cases(),
         hint="KL = ½ Σ_j (σ_j² + μ_j² − 1 − log σ_j²), summed over the last axis only; σ² = exp(logvar).",
         references=(distributions.kl_standard_normal,),
+        mistakes=(_mean_not_sum(distributions.kl_standard_normal, "mu"),
+                  ("σ = exp(½·logvar) where σ² = exp(logvar) belongs",
+                   lambda mu, logvar: 0.5 * (mu**2 + (0.5 * logvar).exp() - 1 - logvar).sum(-1))),
     )
 
 
@@ -389,10 +534,19 @@ def _estimator_cases(seed: int = 0) -> list[dict]:
     """Inputs (f, mu, sigma, eps) for per-sample gradient estimators of E_{N(μ,σ²)}[f(z)] (chapter 3)."""
     g = _generator(seed)
     return [
-        {"f": torch.square, "mu": torch.tensor([1.0]), "sigma": torch.tensor([2.0]), "eps": torch.tensor([[0.5], [-1.0], [2.0]])},
+        {"f": torch.square, "mu": torch.tensor([1.0]), "sigma": torch.tensor([1.5]), "eps": torch.tensor([[0.5], [-1.0], [2.0]])},
         {"f": torch.sin, "mu": torch.tensor([0.3, -1.2]), "sigma": torch.tensor([0.5, 1.5]), "eps": torch.randn(6, 2, generator=g)},
         {"f": torch.exp, "mu": torch.randn(3, 2, generator=g), "sigma": torch.rand(3, 2, generator=g) + 0.2, "eps": torch.randn(4, 3, 2, generator=g)},
     ]
+
+
+_SAMPLE_AXIS = {0: "the sample axis 0 (one estimate per row of eps)"}
+
+
+def _derivative(f: Callable, z: Tensor) -> Tensor:
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        return torch.autograd.grad(f(z).sum(), z)[0]
 
 
 def pathwise_gradient(fn: Callable) -> None:
@@ -407,6 +561,9 @@ def pathwise_gradient(fn: Callable) -> None:
         hint="build z = mu + sigma * eps as a tensor that requires grad, then take torch.autograd.grad(f(z).sum(), z); "
         "return one estimate per row of eps (no mean).",
         references=(gradients.pathwise,),
+        axes=_SAMPLE_AXIS,
+        mistakes=(("f(z) itself where its derivative f'(z) belongs", lambda f, mu, sigma, eps: f(mu + sigma * eps)),
+                  ("f'(μ + ε): the noise is not scaled by σ", lambda f, mu, sigma, eps: _derivative(f, mu + eps))),
     )
 
 
@@ -421,6 +578,11 @@ def score_function_gradient(fn: Callable) -> None:
         _estimator_cases(),
         hint="∇_μ log N(z; μ, σ²) = (z − μ)/σ² = ε/σ; multiply it by f(z) itself (not by f'(z)), one estimate per row of eps.",
         references=(gradients.score_function,),
+        axes=_SAMPLE_AXIS,
+        mistakes=(("f(z)·(z − μ)/σ: divide by the variance σ², not by σ",
+                   lambda f, mu, sigma, eps: f(mu + sigma * eps) * eps),
+                  ("f'(z)·(z − μ)/σ²: the score function multiplies f(z) itself, not its derivative",
+                   lambda f, mu, sigma, eps: _derivative(f, mu + sigma * eps) * eps / sigma)),
     )
 
 
@@ -441,6 +603,7 @@ def log_bernoulli_logits(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         hint="log σ(l) = −softplus(−l) and log(1 − σ(l)) = −softplus(l), so log p = Σ [x·l − softplus(l)] over the "
         "last axis; never compute sigmoid first (it rounds to exactly 0 or 1 for large |l|).",
         references=(distributions.log_bernoulli,),
+        mistakes=(_mean_not_sum(distributions.log_bernoulli, "x"),),
     )
 
 
@@ -460,6 +623,9 @@ def iwae_from_log_weights(fn: Callable[[Tensor], Tensor]) -> None:
         cases,
         hint="average over the sample axis 0 inside the log: torch.logsumexp(log_w, dim=0) − log K; "
         "exp(log_w) underflows for log-weights near −1000.",
+        mistakes=(("log Σ_k w_k: the − log K of the average is missing", lambda log_w: torch.logsumexp(log_w, dim=0)),
+                  ("the average of the log-weights (the ELBO estimate), not the log of the average weight",
+                   lambda log_w: log_w.mean(0))),
     )
 
 
@@ -479,6 +645,11 @@ def gaussian_log_likelihood(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         cases,
         hint="log N(x; x̂, I) = −(D/2)·log(2π) − ½ Σ_i (x_i − x̂_i)², with D = x.shape[-1]; sum over the last axis only.",
         references=(distributions.log_normal,),
+        mistakes=(_mean_not_sum(lambda x, x_hat: distributions.log_normal(x, x_hat, 0.0), "x"),
+                  ("−½‖x − x̂‖² alone: the normalizing constant −(D/2)·log(2π) is missing",
+                   lambda x, x_hat: -0.5 * ((x - x_hat) ** 2).sum(-1)),
+                  ("−‖x − x̂‖² − (D/2)·log(2π): the factor ½ of the squared error is missing",
+                   lambda x, x_hat: -((x - x_hat) ** 2).sum(-1) - 0.5 * x.shape[-1] * math.log(2 * math.pi))),
     )
 
 
@@ -500,6 +671,7 @@ def kl_discrete(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         hint="KL(p ‖ q) = Σ_k p_k (log p_k − log q_k), summed over the last axis; terms with p_k = 0 contribute 0 "
         "(torch.where or torch.xlogy avoid 0·log 0 = nan).",
         references=(torch.distributions.kl_divergence,),
+        swaps=(("p", "q"),),
     )
 
 
@@ -524,6 +696,8 @@ def kl_normal(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
         cases,
         hint="per coordinate, KL = ½ [log σ_p² − log σ_q² + (σ_q² + (μ_q − μ_p)²)/σ_p² − 1]; sum over the last axis only.",
         references=(distributions.kl_normal,),
+        swaps=(("mu_q", "mu_p"), ("logvar_q", "logvar_p")),
+        mistakes=(_mean_not_sum(distributions.kl_normal, "mu_q"),),
     )
 
 
@@ -540,13 +714,21 @@ def elbo_from_samples(fn: Callable) -> None:
         mu, logvar = torch.randn(B, 2, generator=g), torch.randn(B, 2, generator=g) - 1
         z = mu + torch.exp(0.5 * logvar) * torch.randn(K, B, 2, generator=g)
         cases.append({"log_lik": log_lik, "x": torch.randn(B, 5, generator=g), "z": z, "mu": mu, "logvar": logvar})
+    def reference(log_lik, x, z, mu, logvar):
+        return (log_lik(x, z) + distributions.log_standard_normal(z) - distributions.log_normal(z, mu, logvar)).mean(0)
+
     return compare(
         "elbo_from_samples",
         fn,
-        lambda log_lik, x, z, mu, logvar: (
-            log_lik(x, z) + distributions.log_standard_normal(z) - distributions.log_normal(z, mu, logvar)
-        ).mean(0),
+        reference,
         cases,
+        mistakes=(("the sum over the K samples where their average belongs",
+                   lambda log_lik, x, z, mu, logvar: reference(log_lik, x, z, mu, logvar) * z.shape[0]),
+                  ("log p(x|z) + log q(z|x) − log p(z): the signs of the two log-densities of z are exchanged",
+                   lambda log_lik, x, z, mu, logvar: (log_lik(x, z) - distributions.log_standard_normal(z)
+                                                      + distributions.log_normal(z, mu, logvar)).mean(0)),
+                  ("the average of log p(x|z) alone: the terms log p(z) − log q(z|x) are missing",
+                   lambda log_lik, x, z, mu, logvar: log_lik(x, z).mean(0))),
         hint="log_lik(x, z) has shape (K, B); add log N(z; 0, I) and subtract log N(z; μ, diag σ²), each summed over "
         "the latent axis, then average over the sample axis 0 (one ELBO per datapoint).",
     )
@@ -570,6 +752,10 @@ def free_bits_kl(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
         hint="average each dimension's KL over the batch first (axis 0), then raise it to at least λ, then sum over "
         "the dimensions: a single number.",
         references=(objectives.weighted_loss,),
+        mistakes=(("the floor λ applied to each datapoint's KL before averaging: average over the batch first",
+                   lambda mu, logvar, free_bits: distributions.kl_normal_per_dim(mu, logvar).clamp(min=free_bits).mean(0).sum()),
+                  ("the floor λ applied to the total KL instead of to each dimension's",
+                   lambda mu, logvar, free_bits: distributions.kl_normal_per_dim(mu, logvar).mean(0).sum().clamp(min=free_bits))),
     )
 
 
@@ -627,7 +813,20 @@ def fixed_noise_elbo(fn: Callable) -> None:
         hint="z = mu + exp(½·logvar)·eps has shape (K, B, d); average log_lik(x, z) over the sample axis 0, then subtract "
         "the closed-form KL(q ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²), summed over the last axis.",
         references=(inference.fixed_noise_elbo,),
+        mistakes=(("z = μ + exp(logvar)·ε: the noise must be scaled by σ = exp(½·logvar), not by the variance",
+                   lambda log_lik, x, mu, logvar, eps: inference.fixed_noise_elbo(log_lik, x, mu, 2 * logvar, eps)
+                   + 0.5 * (logvar.exp() - 2 * logvar - logvar.exp() ** 2 + 2 * logvar).sum(-1)),
+                  ("the sum of log p(x|z) over the K samples where their average belongs",
+                   lambda log_lik, x, mu, logvar, eps: inference.fixed_noise_elbo(log_lik, x, mu, logvar, eps)
+                   + (eps.shape[0] - 1) * log_lik(x, mu + torch.exp(0.5 * logvar) * eps).mean(0)),
+                  ("the average of log p(x|z) alone: the KL to the prior is not subtracted",
+                   lambda log_lik, x, mu, logvar, eps: log_lik(x, mu + torch.exp(0.5 * logvar) * eps).mean(0))),
     )
+
+
+def _std_column(table: Tensor, factor: float) -> Tensor:
+    """``table`` with its second column multiplied by ``factor``."""
+    return torch.stack([table[:, 0], factor * table[:, 1]], dim=1)
 
 
 def gap_summary(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
@@ -649,4 +848,10 @@ def gap_summary(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
         "rows in that order, columns the mean and the standard error = sample standard deviation (n − 1 in the "
         "denominator, torch.std's default) divided by √n.",
         references=(inference.gap_summary,),
+        mistakes=(("standard errors from the standard deviation with n in the denominator: use n − 1 (torch.std's default)",
+                   lambda log_px, elbo_best, elbo_amortized: _std_column(inference.gap_summary(log_px, elbo_best, elbo_amortized),
+                                                                         ((len(log_px) - 1) / len(log_px)) ** 0.5)),
+                  ("the standard deviations themselves in the second column: divide them by √n to get standard errors",
+                   lambda log_px, elbo_best, elbo_amortized: _std_column(inference.gap_summary(log_px, elbo_best, elbo_amortized),
+                                                                         len(log_px) ** 0.5))),
     )
