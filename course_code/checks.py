@@ -855,3 +855,310 @@ def gap_summary(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
                    lambda log_px, elbo_best, elbo_amortized: _std_column(inference.gap_summary(log_px, elbo_best, elbo_amortized),
                                                                          len(log_px) ** 0.5))),
     )
+
+
+# --- Exercises checked by what their function returns, added for every coding exercise of chapters 1–6 ---
+
+
+def best_noise_variance(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(x, x_hat)`` = the σ² maximizing Σ_n log N(x_n; x̂_n, σ² I): S / (N·D), a number (chapter 1, exercise ex-01-noise-level)."""
+    g = _generator(10)
+    cases = [
+        {"x": torch.tensor([[1.0, 2.0, 3.0]]), "x_hat": torch.tensor([[1.0, 0.0, 3.5]])},
+        {"x": torch.rand(4, 64, generator=g), "x_hat": torch.rand(4, 64, generator=g)},
+        {"x": torch.randn(7, 5, generator=g), "x_hat": 2 * torch.randn(7, 5, generator=g)},
+    ]
+    return compare(
+        "best_noise_variance",
+        fn,
+        lambda x, x_hat: ((x - x_hat) ** 2).mean(),
+        cases,
+        hint="set the derivative of −(N·D/2)·log(2πσ²) − S/(2σ²) in σ² to zero: σ² = S / (N·D), with S the sum of "
+        "squared errors over every datapoint and pixel; return a tensor holding one number.",
+        mistakes=(("S / N, the squared error per datapoint: divide by N·D, the number of pixel values",
+                   lambda x, x_hat: ((x - x_hat) ** 2).sum() / x.shape[0]),
+                  ("the square root of the mean squared error, a standard deviation: σ² is the variance",
+                   lambda x, x_hat: ((x - x_hat) ** 2).mean().sqrt())),
+    )
+
+
+def map_rescaling(fn: Callable[[Tensor, Tensor, float], tuple]) -> None:
+    """Check ``fn(weight, z, c)`` = (weight / c, c·z): the first layer and codes of exercise ex-01-map-scaling (chapter 1)."""
+    g = _generator(11)
+    cases = [{"weight": torch.randn(5, 2, generator=g), "z": torch.randn(3, 2, generator=g), "c": c} for c in (0.5, 0.25, 0.8)]
+    return compare(
+        "map_rescaling",
+        fn,
+        lambda weight, z, c: (weight / c, c * z),
+        cases,
+        hint="(W/c)(c·z) = W·z: divide the weight of shape (H, d) by c and multiply the codes of shape (N, d) by c.",
+        mistakes=(("(W·c, z/c): the codes must shrink (times c < 1) and the weights grow (divided by c)",
+                   lambda weight, z, c: (weight * c, z / c)),),
+    )
+
+
+def best_diagonal_variances(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(cov)`` = 1/Λ_jj, the variances of the best diagonal q for a posterior covariance Σ = Λ⁻¹ (chapter 2, ex-02-best-diagonal)."""
+    g = _generator(12)
+    cases = [{"cov": torch.tensor([[1.0, 0.0], [0.0, 2.0]])}, {"cov": torch.tensor([[2.0, 1.2], [1.2, 1.0]])}]
+    for d in (3, 4):
+        a = torch.randn(d, d, generator=g)
+        cases.append({"cov": a @ a.T + 0.5 * torch.eye(d)})
+    return compare(
+        "best_diagonal_variances",
+        fn,
+        lambda cov: 1 / torch.linalg.inv(cov).diagonal(),
+        cases,
+        hint="invert the covariance to get the precision Λ = Σ⁻¹ (torch.linalg.inv), take its diagonal, and return "
+        "1/Λ_jj: shape (d,).",
+        mistakes=(("the marginal variances Σ_jj: the best diagonal q has the conditional variances 1/Λ_jj",
+                   lambda cov: cov.diagonal()),
+                  ("the precisions Λ_jj themselves: the variances are their reciprocals",
+                   lambda cov: torch.linalg.inv(cov).diagonal())),
+    )
+
+
+def _mu_sigma_cases(seed: int) -> list[dict]:
+    """Means and standard deviations for chapter 3's closed forms: several σ, none equal to 1 or 2."""
+    g = _generator(seed)
+    return [
+        {"mu": torch.tensor([1.0]), "sigma": torch.tensor([0.5])},
+        {"mu": torch.tensor([0.0, -0.5]), "sigma": torch.tensor([1.5, 0.7])},
+        {"mu": torch.randn(4, generator=g), "sigma": torch.rand(4, generator=g) + 0.3},
+    ]
+
+
+def sigma_gradient_variances(fn: Callable[[Tensor, Tensor], tuple]) -> None:
+    """Check ``fn(mu, sigma)`` = (variance of the pathwise, variance of the score-function estimate) of ∂_σ E[z²] (chapter 3, ex-03-sigma)."""
+    return compare(
+        "sigma_gradient_variances",
+        fn,
+        lambda mu, sigma: (4 * mu**2 + 8 * sigma**2, 2 * mu**4 / sigma**2 + 60 * mu**2 + 74 * sigma**2),
+        _mu_sigma_cases(13),
+        hint="each variance is the second moment of one estimate minus the square of its mean 2σ; expand the powers "
+        "of μ + σε and use E[ε²] = 1, E[ε⁴] = 3, E[ε⁶] = 15, E[ε⁸] = 105 (odd moments vanish). Two tensors shaped like mu.",
+        mistakes=(("the second moments, not the variances: subtract the squared mean (2σ)² from each",
+                   lambda mu, sigma: (4 * mu**2 + 12 * sigma**2, 2 * mu**4 / sigma**2 + 60 * mu**2 + 78 * sigma**2)),),
+    )
+
+
+def best_baseline(fn: Callable[[Tensor, Tensor], tuple]) -> None:
+    """Check ``fn(mu, sigma)`` = (b*, variance of (f − b*)·s) for f(z) = z² and the score s in μ (chapter 3, ex-03-baseline)."""
+    return compare(
+        "best_baseline",
+        fn,
+        lambda mu, sigma: (mu**2 + 3 * sigma**2, 8 * mu**2 + 6 * sigma**2),
+        _mu_sigma_cases(14),
+        hint="b* = E[f s²] / E[s²] with s = ε/σ; the variance is E[f² s²] − E[f s²]²/E[s²] minus the squared mean "
+        "(2μ)². Two tensors shaped like mu.",
+        mistakes=(("the baseline b = E[f] = μ² + σ² and its variance, not the best constant b*",
+                   lambda mu, sigma: (mu**2 + sigma**2, 8 * mu**2 + 10 * sigma**2)),),
+    )
+
+
+def lognormal_gradients(fn: Callable[[Tensor, Tensor, Tensor], tuple]) -> None:
+    """Check ``fn(mu, sigma, eps)`` = pathwise estimates of (∂_μ, ∂_σ) E[exp(μ + σε)] averaged over the given noise (chapter 3, ex-03-lognormal)."""
+    g = _generator(15)
+    cases = [{"mu": torch.tensor(0.5), "sigma": torch.tensor(0.8), "eps": torch.tensor([0.0, 1.0, -2.0])}]
+    cases += [{"mu": torch.tensor(m), "sigma": torch.tensor(s), "eps": torch.randn(n, generator=g)}
+              for m, s, n in ((-1.0, 0.3, 10), (0.2, 1.3, 50))]
+
+    def reference(mu, sigma, eps):
+        z = torch.exp(mu + sigma * eps)
+        return z.mean(), (z * eps).mean()
+
+    return compare(
+        "lognormal_gradients",
+        fn,
+        reference,
+        cases,
+        hint="make mu and sigma require grad, z = exp(mu + sigma * eps), and take torch.autograd.grad(z.mean(), "
+        "[mu, sigma]): two numbers (0-dimensional tensors), the averages over the draws of the per-draw derivatives.",
+        mistakes=(("the derivatives of the closed form e^(μ + σ²/2), not the estimates from the given noise",
+                   lambda mu, sigma, eps: (torch.exp(mu + sigma**2 / 2), sigma * torch.exp(mu + sigma**2 / 2))),
+                  ("the same derivative twice: ∂z/∂σ = z·ε, not z",
+                   lambda mu, sigma, eps: (torch.exp(mu + sigma * eps).mean(),) * 2)),
+    )
+
+
+def _from_codes(log_lik: Callable, x: Tensor, mu: Tensor, logvar: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """(log w, log p(x|z) − KL(q ‖ p(z))) at the codes ``z``."""
+    rec = log_lik(x, z)
+    return (rec + distributions.log_standard_normal(z) - distributions.log_normal(z, mu, logvar),
+            rec - distributions.kl_standard_normal(mu, logvar))
+
+
+def log_weight_and_analytic_elbo(fn: Callable) -> None:
+    """Check ``fn(log_lik, x, mu, logvar, eps)`` = (log w, analytic-KL ELBO estimate) from one z = μ + σ ⊙ ε per datapoint (chapter 4, ex-04-k1)."""
+    g = _generator(16)
+    W = torch.randn(6, 3, generator=g)
+
+    def log_lik(x, z):  # a Bernoulli decoder whose logits are linear in z
+        return distributions.log_bernoulli(x, z @ W.T)
+
+    cases = [{"log_lik": log_lik, "x": (torch.rand(B, 6, generator=g) > 0.5).to(torch.get_default_dtype()),
+              "mu": torch.randn(B, 3, generator=g), "logvar": torch.randn(B, 3, generator=g) - 1,
+              "eps": torch.randn(B, 3, generator=g)} for B in (1, 4, 7)]
+
+    return compare(
+        "log_weight_and_analytic_elbo",
+        fn,
+        lambda log_lik, x, mu, logvar, eps: _from_codes(log_lik, x, mu, logvar, mu + torch.exp(0.5 * logvar) * eps),
+        cases,
+        hint="z = mu + exp(½·logvar)·eps, shape (B, d); log w = log p(x|z) + log N(z; 0, I) − log N(z; μ, σ²), the "
+        "analytic estimate log p(x|z) − KL(q ‖ N(0, I)); two tensors of shape (B,).",
+        mistakes=(("computed from z = μ + exp(logvar)·ε: the noise is scaled by σ = exp(½·logvar), not by the variance",
+                   lambda log_lik, x, mu, logvar, eps: _from_codes(log_lik, x, mu, logvar, mu + torch.exp(logvar) * eps)),),
+    )
+
+
+def _binary_draws(value, x: Tensor, repeats: int) -> str | None:
+    """Judge ``value``, ``repeats`` binary draws of each row of ``x`` stacked along axis 0: zeros and ones, pixel means within 4 standard errors of x."""
+    if not isinstance(value, Tensor):
+        return f"it returned {_kind(value)}, not a torch tensor"
+    if value.shape != (repeats * len(x), x.shape[1]):
+        return f"it returned shape {tuple(value.shape)} instead of {(repeats * len(x), x.shape[1])}, the shape of its input"
+    if not ((value == 0) | (value == 1)).all():
+        return "it returned values other than 0 and 1: draw each pixel from a Bernoulli distribution"
+    means = value.to(x.dtype).reshape(repeats, len(x), x.shape[1]).mean(0)
+    error = (x * (1 - x) / repeats).sqrt()
+    far = (means - x).abs() > 4 * error + 1e-12
+    if far.any():
+        index = tuple(torch.nonzero(far)[0].tolist())
+        return (f"over {repeats} draws, pixel {index} was 1 in a fraction {_number(means[index].item())} of them, but its grey "
+                f"level is {_number(x[index].item())} (allowed: 4 standard errors, ±{_number(4 * error[index].item())}): each "
+                f"pixel must be 1 with probability equal to its grey level")
+    return None
+
+
+def binarize(fn: Callable[[Tensor, torch.Generator], Tensor]) -> None:
+    """Graded assertion on ``fn(x, generator)``: one binary image per grey image, pixel i equal to 1 with probability x_i (chapter 4, ex-04-dynamic).
+
+    Each input repeats a few grey images 4,000 times; every pixel's fraction of ones must lie within four
+    standard errors, √(x(1 − x)/4000), of its grey level (a right answer fails one input in about 10⁴).
+    """
+    g, repeats = _generator(17), 4000
+    images = [torch.tensor([[0.0, 1.0, 0.5, 0.2]]), torch.rand(3, 5, generator=g)]
+    cases = [{"x": x.repeat(repeats, 1), "seed": seed} for seed, x in enumerate(images)]
+    return verify(
+        "binarize",
+        fn,
+        cases,
+        lambda value, x, seed: _binary_draws(value, x[: len(x) // repeats], repeats),
+        hint="torch.bernoulli(x, generator=generator), or (torch.rand(x.shape, generator=generator) < x) converted to "
+        "x's dtype: a new draw at every call, not a threshold at 0.5.",
+        adapt=lambda f: lambda x, seed: f(x, torch.Generator().manual_seed(seed)),
+    )
+
+
+def linear_encoder(fn: Callable[[Tensor, Tensor, Tensor, float], tuple]) -> None:
+    """Check ``fn(x, W, b, var_x)`` = (mean, log-variance) of the best diagonal q for the linear-Gaussian model, each (B, d) (chapter 5, ex-05-linear-encoder)."""
+    from course_code import tractable
+
+    g = _generator(18)
+    cases = []
+    for B, D, d, var_x in ((1, 2, 2, 0.25), (4, 5, 3, 0.7), (6, 4, 2, 1.8)):
+        cases.append({"x": torch.randn(B, D, generator=g), "W": torch.randn(D, d, generator=g),
+                      "b": torch.randn(D, generator=g), "var_x": var_x})
+
+    def reference(x, W, b, var_x):
+        return tractable.LinearGaussian(W, b, math.log(var_x)).best_diagonal_q(x)
+
+    def marginal(x, W, b, var_x):
+        model = tractable.LinearGaussian(W, b, math.log(var_x))
+        mean, cov = model.posterior(x)
+        return mean, cov.diagonal().log().expand_as(mean)
+
+    return compare(
+        "linear_encoder",
+        fn,
+        reference,
+        cases,
+        hint="Λ = I + WᵀW/σ², the mean A(x − b) with A = Λ⁻¹Wᵀ/σ² (one row per datapoint), and the constant "
+        "log-variance −log Λ_jj repeated for every row: two tensors of shape (B, d).",
+        mistakes=(("the right mean with the marginal log-variances log Σ_jj: the best diagonal q has −log Λ_jj",
+                   marginal),),
+    )
+
+
+def standardize(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(eps)`` = one-dimensional draws (K, B, 1) moment-matched along the sample axis: mean 0, mean square 1 (chapter 5, ex-05-optimism)."""
+    g = _generator(19)
+    cases = [{"eps": torch.tensor([[[1.0]], [[2.0]], [[4.0]]])}]
+    cases += [{"eps": torch.randn(K, B, 1, generator=g)} for K, B in ((5, 3), (16, 2))]
+
+    def reference(eps):
+        centred = eps - eps.mean(0)
+        return centred / centred.pow(2).mean(0).sqrt()
+
+    return compare(
+        "standardize",
+        fn,
+        reference,
+        cases,
+        hint="subtract each datapoint's mean over the K draws (axis 0), then divide by the root of the mean square "
+        "of the centred draws (K in the denominator, as the sample covariance in inference.standardized_noise).",
+        references=(_resolve("course_code.inference.standardized_noise"),),
+        mistakes=(("divided by the standard deviation with K − 1 in the denominator (torch.std's default): use K",
+                   lambda eps: (eps - eps.mean(0)) / eps.std(0)),
+                  ("divided by the standard deviation without subtracting the mean first",
+                   lambda eps: eps / eps.pow(2).mean(0).sqrt())),
+        axes={0: "the sample axis 0"},
+    )
+
+
+def difference_of_means(fn: Callable[[Tensor, Tensor], tuple]) -> None:
+    """Check ``fn(a, b)`` = (mean(a) − mean(b), its standard error) for two independent samples (chapter 5, ex-05-train-gap)."""
+    g = _generator(20)
+    cases = [{"a": torch.tensor([1.0, 2.0, 4.0]), "b": torch.tensor([0.0, 1.0])}]
+    cases += [{"a": torch.randn(n, generator=g) + 1, "b": 2 * torch.randn(m, generator=g)} for n, m in ((10, 7), (40, 25))]
+
+    def error(a, b):
+        return (a.var() / len(a) + b.var() / len(b)).sqrt()
+
+    return compare(
+        "difference_of_means",
+        fn,
+        lambda a, b: (a.mean() - b.mean(), error(a, b)),
+        cases,
+        hint="the means' standard errors are std/√n (n − 1 in the std, torch's default); for independent samples "
+        "the variance of the difference is the sum of the two variances: √(SE_a² + SE_b²). Two numbers.",
+        mistakes=(("the sum of the two standard errors: for independent samples add their squares, then take the root",
+                   lambda a, b: (a.mean() - b.mean(), a.std() / len(a) ** 0.5 + b.std() / len(b) ** 0.5)),
+                  ("the root of the summed variances without dividing each by its sample size",
+                   lambda a, b: (a.mean() - b.mean(), (a.var() + b.var()).sqrt()))),
+    )
+
+
+def _weak_codes(value, n: int, d: int, seed: int) -> str | None:
+    """Judge encoder outputs (mu, logvar) for n datapoints: all d units active, mutual information below 0.05 nats."""
+    from course_code import diagnostics
+
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(isinstance(v, Tensor) for v in value):
+        return f"it returned {_kind(value)}: return two tensors, (mu, logvar)"
+    mu, logvar = value
+    if mu.shape != (n, d) or logvar.shape != (n, d):
+        return f"it returned shapes {tuple(mu.shape)} and {tuple(logvar.shape)} instead of {(n, d)} for both"
+    if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all()):
+        return "it returned values that are not finite"
+    active = diagnostics.active_units(mu)
+    if active != d:
+        return f"{active} of the {d} units are active (variance of the means above 0.01): all {d} must be"
+    information = diagnostics.mutual_information(mu, logvar, _generator(1000 + seed)).item()  # not the learner's stream
+    if information >= 0.05:
+        return f"the mutual information is {information:.3f} nats (estimated with one draw per datapoint): it must be below 0.05"
+    return None
+
+
+def weakly_informative_codes(fn: Callable[[int, int, torch.Generator], tuple]) -> None:
+    """Graded assertion on ``fn(n, d, generator)``: encoder outputs (mu, logvar) of shape (n, d) with every unit active and I_q(x; z) < 0.05 nats (chapter 6, ex-06-diagnostics)."""
+    cases = [{"n": n, "d": d, "seed": seed} for seed, (n, d) in enumerate(((1000, 4), (800, 3)))]
+    return verify(
+        "weakly_informative_codes",
+        fn,
+        cases,
+        _weak_codes,
+        hint="the active-unit threshold is on the variance of the means: spread the means a little above 0.01 and keep "
+        "the posterior variances near 1, so each code says little about its datapoint.",
+        adapt=lambda f: lambda n, d, seed: f(n, d, torch.Generator().manual_seed(seed)),
+    )
