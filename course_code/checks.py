@@ -814,8 +814,8 @@ def fixed_noise_elbo(fn: Callable) -> None:
         "the closed-form KL(q ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²), summed over the last axis.",
         references=(inference.fixed_noise_elbo,),
         mistakes=(("z = μ + exp(logvar)·ε: the noise must be scaled by σ = exp(½·logvar), not by the variance",
-                   lambda log_lik, x, mu, logvar, eps: inference.fixed_noise_elbo(log_lik, x, mu, 2 * logvar, eps)
-                   + 0.5 * (logvar.exp() - 2 * logvar - logvar.exp() ** 2 + 2 * logvar).sum(-1)),
+                   lambda log_lik, x, mu, logvar, eps: log_lik(x, mu + torch.exp(logvar) * eps).mean(0)
+                   - distributions.kl_standard_normal(mu, logvar)),
                   ("the sum of log p(x|z) over the K samples where their average belongs",
                    lambda log_lik, x, mu, logvar, eps: inference.fixed_noise_elbo(log_lik, x, mu, logvar, eps)
                    + (eps.shape[0] - 1) * log_lik(x, mu + torch.exp(0.5 * logvar) * eps).mean(0)),
