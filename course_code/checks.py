@@ -10,7 +10,10 @@ tripwire: a function that calls the reference fails. When the environment variab
 own records (grading does not read it: see ``course_code.instructor.grading``).
 
 A chapter adds a check in a few lines: a function named after the exercise that calls
-:func:`compare` with the reference implementation, a list of input cases and a hint.
+:func:`compare` with the reference implementation, a list of input cases and a hint, and the
+mistakes it can name (each is named only when the function makes it on every input). An exercise
+with no single right value gets a graded assertion instead: :func:`verify` with a judge that states
+what must hold, and its tolerance.
 """
 
 import contextlib
