@@ -258,6 +258,15 @@ def test_malformed_exercises_are_reported(cells, message):
         student.student_notebook(nb, "bad.ipynb")
 
 
+def test_a_whole_cell_stub_keeps_the_line_that_says_what_to_compute():
+    nb = fixture_chapter()
+    nb.cells[10].source = "# print twice x\nprint(2 * x)"
+    edition = student.student_notebook(nb)
+    assert edition.notebook.cells[10].source == ("# print twice x\n# TODO (exercise ex-09-double): write your code for this "
+                                                 'exercise in this cell.\nraise NotImplementedError("exercise ex-09-double")')
+    assert sources(student.restore(edition.notebook, edition.pieces)) == sources(nb)
+
+
 def test_roles_become_plain_text_outside_solutions():
     nb = fixture_chapter()
     nb.cells[1].outputs = []
@@ -459,6 +468,10 @@ def test_book_coding_exercises_have_a_stub_and_a_check_that_only_the_solution_pa
                 getattr(checks, check)(stub)
             getattr(checks, check)(function_from(reference.cells[code[0]].source, name))
             assert capsys.readouterr().out.startswith(f"✔ {check}: passed"), where
+        for index in code[1:]:
+            first = edition.notebook.cells[index].source.splitlines()[0]
+            assert first.startswith("# ") and "TODO" not in first, \
+                f"{path.name}, cell {index + 1}: the cell's first line is a comment saying what it computes, kept in its stub"
 
 
 def test_every_check_is_called_by_exactly_one_exercise():

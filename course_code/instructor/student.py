@@ -3,7 +3,8 @@ build of the book without solutions.
 
 In a student notebook, code between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` becomes a TODO
 comment and ``raise NotImplementedError("exercise <label>")`` at the same indentation; a solution
-code cell without markers becomes a stub cell; a solution's markdown becomes a prompt for the
+code cell without markers becomes a stub cell, which keeps the cell's first line when that is a
+comment saying what the cell computes; a solution's markdown becomes a prompt for the
 learner's answer. Everything else is kept, with outputs cleared, except that the roles Jupyter
 cannot render (``{eq}`` and ``{glue:text}``) become plain text in the Markdown outside solutions.
 :func:`restore` puts a notebook's solutions back into its student version, which is how the tests
@@ -66,6 +67,10 @@ def _stub_code(source: str, label: str, pieces: list[Piece], where: str) -> str:
     """A solution code cell for the learner: each marked block, or else the whole cell, becomes a stub."""
     blocks = book.marked_blocks(source, where)
     if not blocks:
+        first, _, rest = source.partition("\n")
+        if first.startswith("# ") and rest.strip():  # the cell's first line says what it computes: keep it
+            pieces.append(Piece("cell", rest))
+            return first + "\n" + _stub("cell", label)
         pieces.append(Piece("cell", source))
         return _stub("cell", label)
     parts, position = [], 0
