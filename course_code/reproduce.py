@@ -267,14 +267,14 @@ def run_experiment(entry: Experiment, *, smoke: bool, seed: int, out: Path, argv
     record = {"schema": SCHEMA_VERSION, "name": entry.name, "title": entry.title}
     record |= provenance(argv, seed, smoke)
     record["budget_settings"] = budget
+    record["source_hash"] = source_hash(entry)  # the code as it was when the run began
+    record["sources"] = dependencies(entry)
     record["started"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["load_average_start"] = list(os.getloadavg())
     start = time.perf_counter()
     results, fig = entry.run(budget, seed, mnist)
     record["wall_time_s"] = round(time.perf_counter() - start, 1)
     record["load_average_end"] = list(os.getloadavg())
-    record["source_hash"] = source_hash(entry)
-    record["sources"] = dependencies(entry)
     record["reference"] = entry.reference
     record["results"] = results
     record["figure"] = f"{entry.name}.png"
