@@ -1165,3 +1165,55 @@ def weakly_informative_codes(fn: Callable[[int, int, torch.Generator], tuple]) -
         "the posterior variances near 1, so each code says little about its datapoint.",
         adapt=lambda f: lambda n, d, seed: f(n, d, torch.Generator().manual_seed(seed)),
     )
+
+
+# --- Chapter 10: Deeper models: hierarchical VAEs ---
+
+
+def precision_weighted(fn: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
+    """Check ``fn(mu_hat, logvar_hat, mu_p, logvar_p)`` = (μ, log σ²) of the Ladder VAE's top-down q (exercise 10.1, eq. `eq-precision-weighted`)."""
+    from course_code import hierarchical
+
+    g = _generator(10)
+    cases = [
+        {"mu_hat": torch.zeros(1, 1), "logvar_hat": torch.zeros(1, 1), "mu_p": torch.zeros(1, 1), "logvar_p": torch.zeros(1, 1)},
+        {"mu_hat": torch.tensor([[1.0, -2.0]]), "logvar_hat": torch.tensor([[0.0, -1.0]]),
+         "mu_p": torch.tensor([[3.0, 0.5]]), "logvar_p": torch.tensor([[math.log(3.0), 1.5]])},
+    ] + [
+        {"mu_hat": 2 * torch.randn(shape, generator=g), "logvar_hat": torch.randn(shape, generator=g),
+         "mu_p": torch.randn(shape, generator=g), "logvar_p": torch.randn(shape, generator=g) - 0.5}
+        for shape in ((5, 4), (2, 3, 6))
+    ]
+    return compare(
+        "precision_weighted",
+        fn,
+        hierarchical.precision_weighted,
+        cases,
+        hint="precisions add, not variances: 1/σ² = 1/σ̂² + 1/σ_p²; the mean is σ²·(μ̂/σ̂² + μ_p/σ_p²), each mean weighted "
+        "by its own precision; return (mean, log σ²), elementwise, with the inputs' shape.",
+        references=(hierarchical.precision_weighted,),
+    )
+
+
+def linear_marginal(fn: Callable) -> None:
+    """Check ``fn(A, a, var1, W, b, var_x)`` = mean (D,) and covariance (D, D) of x in the linear-Gaussian two-layer model (exercise 10.2, eq. `eq-linear-marginal`)."""
+    from course_code import hierarchical
+
+    g = _generator(11)
+    cases = [
+        {"A": torch.ones(1, 1), "a": torch.zeros(1), "var1": torch.ones(1), "W": torch.ones(1, 1), "b": torch.zeros(1),
+         "var_x": torch.ones(1)},
+    ]
+    for d2, d1, x_dim in ((1, 2, 3), (2, 3, 5)):
+        cases.append({"A": torch.randn(d1, d2, generator=g), "a": torch.randn(d1, generator=g),
+                      "var1": torch.rand(d1, generator=g) + 0.2, "W": torch.randn(x_dim, d1, generator=g),
+                      "b": torch.randn(x_dim, generator=g), "var_x": torch.rand(x_dim, generator=g) + 0.1})
+    return compare(
+        "linear_marginal",
+        fn,
+        hierarchical.linear_marginal,
+        cases,
+        hint="marginalise z₂ first: z₁ ~ N(a, A Aᵀ + diag var1) (the noise of z₁ adds its variance); then "
+        "x ~ N(W a + b, W Cov(z₁) Wᵀ + diag var_x). Return (mean, covariance).",
+        references=(hierarchical.linear_marginal,),
+    )

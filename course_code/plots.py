@@ -285,3 +285,18 @@ def gap_histogram(gaps: dict, title: str = "Gaps across datapoints", bins: int =
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def layer_kls(histories: dict, title: str = "KL per layer during training", ax=None):
+    """Per-epoch KL₁ and KL₂ (nats) of two-layer VAE training histories, one line style per history (chapter 10)."""
+    ax = _axis(ax)
+    for style, (name, history) in zip(("-", "--", ":", "-."), histories.items()):
+        epochs = np.arange(1, len(history["kl1"]) + 1)
+        ax.plot(epochs, history["kl1"], style, color=COLORS["kl"], label=f"KL$_1$, {name}")
+        ax.plot(epochs, history["kl2"], style, color=COLORS["prior"], label=f"KL$_2$, {name}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend()
+    return ax

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from course_code import arguments, models
+from course_code import arguments, hierarchical, models
 from course_code.data import check_probabilities
 from course_code.distributions import NonFiniteError
 
@@ -253,7 +253,7 @@ def temporary_name(path: Path) -> Path:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by :func:`save`, in the floating-point type it was saved in."""
     checkpoint = torch.load(Path(path), map_location=device, weights_only=True)
-    cls = models.MODELS.get(checkpoint.get("class"))
+    cls = {**models.MODELS, **hierarchical.MODELS}.get(checkpoint.get("class"))
     if cls is None:
         raise ValueError(f"{path} holds an unknown model class {checkpoint.get('class')!r}")
     model = cls(**checkpoint["config"])
