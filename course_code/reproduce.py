@@ -292,6 +292,11 @@ def run_experiment(entry: Experiment, *, smoke: bool, seed: int, out: Path, argv
 
 def read_results(folder: Path = RESULTS) -> dict[str, dict]:
     """Every recorded result in ``folder``, by experiment name, each checked against :data:`SCHEMA`."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(
+            f"no results folder at {folder}: the recorded results live in the course's repository (results/); "
+            "read them from a clone of it, or make them with python -m course_code.reproduce all"
+        )
     return {path.stem: check_record(json.loads(path.read_text())) for path in sorted(folder.glob("*.json"))}
 
 

@@ -164,7 +164,7 @@ def test_ctrl_c_while_the_figure_is_written_leaves_no_half_file(previous_run, ca
 
 
 def test_ctrl_c_during_the_evaluation_keeps_this_runs_model_and_figure_together(previous_run, capsys, monkeypatch):
-    monkeypatch.setattr(train, "mean_log_px", interrupt)
+    monkeypatch.setattr(training, "log_px", interrupt)
     assert run(previous_run) == 130
     captured = capsys.readouterr()
     assert captured.err == f"interrupted during the evaluation; the trained model is saved in {previous_run}\n"
