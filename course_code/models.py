@@ -130,8 +130,7 @@ class AutoregressiveDecoder(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """Logits of every pixel given the pixels before it and z; ``x`` broadcasts against ``z``'s sample axis."""
-        x = x.expand(*z.shape[:-1], x.shape[-1])
-        h = torch.relu(self.layers[0](x) + self.z_in(z))
+        h = torch.relu(self.layers[0](x) + self.z_in(z))  # x's part once per datapoint, not once per sample of z
         for layer in self.layers[1:]:
             h = torch.relu(layer(h))
         return self.out(h) + self.z_out(z)
