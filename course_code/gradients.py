@@ -178,7 +178,10 @@ def iwae_surrogate(
 
 
 def gradient_snr(samples: Tensor) -> Tensor:
-    """Signal-to-noise ratio |mean| / standard deviation of each column of gradient ``samples`` (R, P) (Rainforth et al., 2018)."""
+    """Signal-to-noise ratio |mean| / standard deviation of each column of gradient ``samples`` (R, P) (Rainforth et al., 2018).
+
+    A column that is always exactly 0 (a parameter the objective does not reach) has no SNR: nan.
+    """
     arguments.tensor("samples", samples, 2, "(repeats, parameters)")
     if len(samples) < 2:
         raise ValueError(f"samples must hold at least 2 gradient estimates (rows), got {len(samples)}")

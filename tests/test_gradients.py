@@ -284,6 +284,7 @@ def test_gradient_snr():
     samples = torch.tensor([[1.0, -2.0], [3.0, -2.0 + 1e-3], [2.0, -2.0 - 1e-3]])
     expected = torch.tensor([2.0 / 1.0, 2.0 / 1e-3])
     assert torch.allclose(gradients.gradient_snr(samples), expected, rtol=1e-6)
+    assert gradients.gradient_snr(torch.zeros(4, 2)).isnan().all()  # a parameter the objective never reaches
 
 
 def test_iwae_gradient_bad_inputs():
