@@ -1217,3 +1217,70 @@ def linear_marginal(fn: Callable) -> None:
         "x ~ N(W a + b, W Cov(z₁) Wᵀ + diag var_x). Return (mean, covariance).",
         references=(hierarchical.linear_marginal,),
     )
+
+
+# --- Chapter 7: Tighter bounds: importance-weighted training ---
+
+
+def effective_sample_size(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(log_w)`` = (Σ_k w_k)² / Σ_k w_k² per datapoint for log-weights of shape (K, B) (chapter 7)."""
+    from course_code import objectives
+
+    g = _generator(70)
+    cases = [
+        {"log_w": torch.zeros(4, 1)},  # equal weights: ESS = K
+        {"log_w": torch.tensor([[0.0, -3.0], [-50.0, -3.0], [-60.0, 0.0]])},  # one weight dominates the first column
+        {"log_w": torch.randn(6, 3, generator=g)},
+        {"log_w": -1000.0 + 3 * torch.randn(20, 4, generator=g)},  # exp underflows to 0
+        {"log_w": torch.tensor([[-20.0, 5.0, -7.0]])},  # K = 1
+    ]
+    return compare(
+        "effective_sample_size",
+        fn,
+        objectives.effective_sample_size,
+        cases,
+        hint="log ESS = 2·logsumexp(log_w) − logsumexp(2·log_w), both over the sample axis 0; exponentiate only at "
+        "the end (exp(log_w) is 0 for log-weights near −1000, and 0/0 is nan).",
+        references=(objectives.effective_sample_size,),
+    )
+
+
+def _dreg_reference(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """The value Σ_k w̃_k² log w_k and its gradient w̃_k² in ``log_w`` (w̃ held constant) (chapter 7, eq. `eq-dreg`)."""
+    weights = torch.softmax(log_w, dim=0)
+    return (weights**2 * log_w).sum(0), weights**2
+
+
+def _value_and_gradient(fn: Callable) -> Callable:
+    """``fn(log_w)`` turned into a function returning its value and the gradient of the value's sum in ``log_w``."""
+
+    def value_and_gradient(log_w: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            log_w = log_w.clone().requires_grad_(True)
+            value = fn(log_w)
+            if not isinstance(value, Tensor) or not value.requires_grad:
+                return value, torch.zeros_like(log_w)  # no gradient reaches log_w: the comparison says so
+            (gradient,) = torch.autograd.grad(value.sum(), log_w, allow_unused=True)
+        return value.detach(), torch.zeros_like(log_w) if gradient is None else gradient
+
+    return value_and_gradient
+
+
+def dreg_surrogate(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(log_w)``: value Σ_k w̃_k² log w_k per datapoint, gradient w̃_k² in ``log_w`` (chapter 7, eq. `eq-dreg`)."""
+    g = _generator(71)
+    cases = [
+        {"log_w": torch.zeros(3, 1)},
+        {"log_w": torch.randn(5, 2, generator=g)},
+        {"log_w": -20.0 + 4 * torch.randn(50, 3, generator=g)},
+        {"log_w": torch.tensor([[-2.0, 1.0]])},  # K = 1: the weight is 1
+    ]
+    return compare(
+        "dreg_surrogate",
+        fn,
+        _dreg_reference,
+        cases,
+        hint="the result is (value, gradient in log_w); the normalized weights w̃ = softmax(log_w, dim=0) must be "
+        "constants, computed from log_w.detach(), and squared; return (w̃² · log_w).sum(0), one number per datapoint.",
+        adapt=_value_and_gradient,
+    )

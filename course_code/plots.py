@@ -300,3 +300,20 @@ def layer_kls(histories: dict, title: str = "KL per layer during training", ax=N
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def against_k(ks, measured: dict, predicted: dict | None = None, ylabel: str = "", title: str = "", ax=None):
+    """Quantities measured at several numbers of importance samples K (points), with predictions (lines), on log-log axes (chapter 7)."""
+    ax = _axis(ax)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, values) in enumerate(measured.items()):
+        ax.plot(ks, np.asarray(values), "o-", ms=5, color=cmap(i), label=name)
+    for i, (name, values) in enumerate((predicted or {}).items()):
+        ax.plot(ks, np.asarray(values), "--", color=cmap(len(measured) + i), label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of importance samples K")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return ax

@@ -95,6 +95,24 @@ class LinearGaussian:
             - logvar.sum(-1)
         )
 
+    def chi_square(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """χ²(p(z|x) ‖ q) = E_q[(p(z|x)/q(z))²] − 1 for q = N(μ, diag σ²), in closed form (chapter 7, eq. `eq-chi-square`).
+
+        It is the relative variance of the importance weight p(x, z)/q(z) under q; it is infinite
+        (``inf``) when 2Λ − diag(1/σ²) is not positive definite, that is when q's tails are too light.
+        """
+        mean, _ = self.posterior(x)
+        precision = self.precision()
+        q_precision = torch.diag_embed(torch.exp(-logvar))  # (B, d, d)
+        a = 2 * precision - q_precision
+        b = 2 * mean @ precision - mu * torch.exp(-logvar)  # (B, d)
+        chol, info = torch.linalg.cholesky_ex(a)
+        c = torch.logdet(precision) + 0.5 * logvar.sum(-1) - ((mean @ precision) * mean).sum(-1)
+        c = c + 0.5 * (mu**2 * torch.exp(-logvar)).sum(-1)
+        quadratic = (b * torch.cholesky_solve(b[..., None], chol)[..., 0]).sum(-1)
+        log_second_moment = 0.5 * quadratic + c - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return torch.where(info == 0, torch.expm1(log_second_moment), torch.inf)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw n pairs (x, z) from the joint p(z) p(x|z)."""
         arguments.integer("n", n)

@@ -46,3 +46,11 @@ def test_png_records_its_smallest_font_and_dpi(styled, tmp_path):
     assert dpi == pytest.approx(plots.DPI, rel=1e-3)
     assert float(text[plots.SMALLEST_FONT_KEY]) == 7.5
     assert plots.SMALLEST_FONT_KEY == SMALLEST_FONT_KEY, "the browser test reads the chunk under another name"
+
+
+def test_against_k_draws_measured_points_and_predicted_lines_on_log_axes(styled):
+    ax = plots.against_k([1, 5, 50], {"measured": [1.0, 0.3, 0.05]}, {"predicted": [1.0, 0.2, 0.02]}, ylabel="gap", title="t")
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert [line.get_label() for line in ax.get_lines()] == ["measured", "predicted"]
+    assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"]
+    assert plots.smallest_font(ax.figure) >= 9
