@@ -1284,3 +1284,49 @@ def dreg_surrogate(fn: Callable[[Tensor], Tensor]) -> None:
         "constants, computed from log_w.detach(), and squared; return (w̃² · log_w).sum(0), one number per datapoint.",
         adapt=_value_and_gradient,
     )
+
+
+# --- Chapter 8: Richer posteriors: full covariance and normalizing flows ---
+
+
+def _random_tril(d: int, batch: int, g: torch.Generator) -> Tensor:
+    A = torch.randn(batch, d, d, generator=g)
+    return torch.linalg.cholesky(A @ A.transpose(-2, -1) + 0.3 * torch.eye(d))
+
+
+def log_normal_full(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(x, mu, scale_tril)`` = log N(x; μ, LLᵀ) per datapoint (chapter 8, exercise ex-08-log-normal-full, eq. `eq-full-cov-logpdf`)."""
+    g = _generator(81)
+    cases = [{"x": torch.zeros(1, 2), "mu": torch.zeros(1, 2), "scale_tril": torch.eye(2)[None]}]
+    for B, d in ((4, 3), (6, 5)):
+        cases.append({"x": 2 * torch.randn(B, d, generator=g), "mu": torch.randn(B, d, generator=g), "scale_tril": _random_tril(d, B, g)})
+    return compare(
+        "log_normal_full",
+        fn,
+        distributions.log_normal_full,
+        cases,
+        hint="whiten the residual, r = L⁻¹(x − μ) (torch.linalg.solve_triangular with upper=False, on (x − μ)[..., None]); "
+        "log det(LLᵀ) = 2 Σ_j log L_jj; the result is −½ (d log 2π + log det + ‖r‖²), one value per datapoint.",
+        references=(distributions.log_normal_full,),
+    )
+
+
+def planar(fn: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
+    """Check ``fn(z, u, w, b)`` = (z + û tanh(wᵀz + b), log |1 + ûᵀψ(z)|) (chapter 8, exercise ex-08-planar, eq. `eq-planar`)."""
+    from course_code import flows
+
+    g = _generator(82)
+    cases = [{"z": torch.zeros(1, 2), "u": torch.zeros(2), "w": torch.tensor([1.0, 0.0]), "b": torch.zeros(())}]
+    for B, d in ((5, 1), (4, 3)):
+        w = torch.randn(d, generator=g)
+        cases.append({"z": 2 * torch.randn(B, d, generator=g), "u": -3 * w + torch.randn(d, generator=g), "w": w,
+                      "b": torch.randn((), generator=g)})  # wᵀu below −1: the constraint on û matters
+    return compare(
+        "planar",
+        fn,
+        flows.planar,
+        cases,
+        hint="first make the step invertible, û = u + (softplus(wᵀu) − 1 − wᵀu) w / ‖w‖² (or flows.invertible_u(u, w)); "
+        "then t = tanh(z @ w + b) has one value per datapoint, f(z) = z + û t, and log |det| = log(1 + (1 − t²) wᵀû).",
+        references=(flows.planar, flows.planar_chain),
+    )

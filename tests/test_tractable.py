@@ -189,3 +189,41 @@ def test_iwae_gap_falls_as_chi_square_over_2k():
     predicted = model.chi_square(x, mu, logvar) / (2 * K)
     assert 0.1 < model.chi_square(x, mu, logvar) < 0.5  # small enough that the next order (χ²/K)² is negligible
     assert (gap - predicted).abs() < 4 * se + 0.05 * predicted, (gap, predicted, se)
+
+
+# ---- the best full-covariance q (chapter 8) ---------------------------------------------------
+
+def test_best_full_q_is_the_posterior_and_closes_the_gap(model, x):
+    mean, L = model.best_full_q(x)
+    post_mean, post_cov = model.posterior(x)
+    torch.testing.assert_close(mean, post_mean)
+    torch.testing.assert_close(L @ L.transpose(-2, -1), post_cov.expand(len(x), 2, 2))
+    torch.testing.assert_close(model.elbo_full(x, mean, L), model.log_px(x))  # KL(q ‖ p(z|x)) = 0
+
+
+def test_elbo_full_is_log_px_minus_the_kl_to_the_posterior(model, x):
+    g = torch.Generator().manual_seed(4)
+    mu, A = torch.randn(len(x), 2, generator=g), torch.randn(len(x), 2, 2, generator=g)
+    L = torch.linalg.cholesky(A @ A.transpose(-2, -1) + 0.1 * torch.eye(2))
+    post_mean, post_cov = model.posterior(x)
+    kl = kl_divergence(MultivariateNormal(mu, scale_tril=L), MultivariateNormal(post_mean, post_cov))
+    torch.testing.assert_close(model.elbo_full(x, mu, L), model.log_px(x) - kl)
+
+
+def test_elbo_full_with_a_diagonal_factor_is_the_diagonal_elbo(model, x):
+    mu, logvar = model.best_diagonal_q(x)
+    torch.testing.assert_close(model.elbo_full(x, mu, torch.diag_embed(torch.exp(0.5 * logvar))), model.elbo(x, mu, logvar))
+
+
+def test_elbo_on_grid_log_q_of_a_gaussian_is_elbo_on_grid():
+    from course_code.distributions import log_normal
+    from course_code.tractable import elbo_on_grid_log_q
+
+    grid_model = GridModel(lambda x, z: -(((x - z) ** 2).sum(-1)), z_dim=1, n_points=201)
+    x = torch.tensor([[0.3], [-1.0]])
+    log_joint = grid_model.log_joint(x) + grid_model.log_cell
+    mu, logvar = torch.tensor([[0.1], [-0.5]]), torch.tensor([[-1.0], [0.2]])
+    log_q = log_normal(grid_model.grid[:, None, :], mu, logvar)
+    torch.testing.assert_close(elbo_on_grid_log_q(log_joint, log_q), elbo_on_grid(log_joint, grid_model.grid, mu, logvar))
+    with pytest.raises(ValueError, match="log_q must have the shape"):
+        elbo_on_grid_log_q(log_joint, log_q[:, :1])
