@@ -1330,3 +1330,48 @@ def planar(fn: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
         "then t = tanh(z @ w + b) has one value per datapoint, f(z) = z + û t, and log |det| = log(1 + (1 − t²) wᵀû).",
         references=(flows.planar, flows.planar_chain),
     )
+
+
+# --- Chapter 9: Richer priors ---
+
+def mixture_log_prob(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(z, mu, logvar, logits)`` = log Σ_k softmax(logits)_k N(z; μ_k, diag σ_k²) per point (exercise ex-09-mixture, eq. `eq-mixture-prior`)."""
+    g = _generator(9)
+    cases = [{"z": torch.tensor([[0.5]]), "mu": torch.tensor([[0.0]]), "logvar": torch.tensor([[0.0]]), "logits": torch.tensor([3.0])}]
+    for b, k, d in ((5, 3, 2), (4, 6, 3), (7, 2, 1)):  # B, K and d all different, so a wrong axis shows
+        cases.append({"z": 2 * torch.randn(b, d, generator=g), "mu": 2 * torch.randn(k, d, generator=g),
+                      "logvar": torch.randn(k, d, generator=g), "logits": torch.randn(k, generator=g) + 2})
+    return compare(
+        "mixture_log_prob",
+        fn,
+        lambda z, mu, logvar, logits: distributions.log_mixture_normal(z, mu, logvar, logits.log_softmax(-1)),
+        cases,
+        hint="the weights are softmax(logits), so log π = logits.log_softmax(-1) (the logits need not sum to anything); "
+        "log N(z; μ_k, diag σ_k²) for every pair (z_b, component k) has shape (B, K) (z[:, None, :] against mu[None]), "
+        "summed over d; then torch.logsumexp of log π_k + log N over the component axis, never a plain sum or mean.",
+        references=(distributions.log_mixture_normal,),
+    )
+
+
+def prior_mass_in_holes(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
+    """Check ``fn(log_q, log_p, ratio)`` = the normalized prior mass on the grid points where q(z) < p(z)/ratio (exercise ex-09-holes, eq. `eq-holes`)."""
+    from course_code import diagnostics
+
+    g = _generator(10)
+    axis = torch.linspace(-4, 4, 41)
+    grid = torch.cartesian_prod(axis, axis)
+    log_p = distributions.log_standard_normal(grid)
+    cases = [{"log_q": log_p.clone(), "log_p": log_p, "ratio": 10.0},  # q = p: no holes
+             {"log_q": log_p + 7.0, "log_p": log_p - 3.0, "ratio": 2.0}]  # the same, each off by a constant
+    for ratio in (10.0, 3.0):
+        mu, logvar = 2 * torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g) - 2
+        cases.append({"log_q": diagnostics.aggregate_log_density(grid, mu, logvar), "log_p": log_p, "ratio": ratio})
+    return compare(
+        "prior_mass_in_holes",
+        fn,
+        diagnostics.prior_mass_in_holes,
+        cases,
+        hint="normalize both over the grid first (log_softmax over the points), since the log-densities may be off by "
+        "constants; a point is in a hole when q < p / ratio; add up the normalized p, not q, over those points.",
+        references=(diagnostics.prior_mass_in_holes,),
+    )

@@ -169,3 +169,21 @@ def kl_normal_full(mu_q: Tensor, scale_tril_q: Tensor, mu_p: Tensor | None = Non
     m = _whiten(scale_tril_p, mu_p - mu_q)
     trace = (M**2).sum((-2, -1))
     return 0.5 * (trace + (m**2).sum(-1) - d + log_det_tril(scale_tril_p) - log_det_tril(scale_tril_q))
+
+
+def log_mixture_normal(z: Tensor, mu: Tensor, logvar: Tensor, log_weights: Tensor) -> Tensor:
+    """log Σ_k π_k N(z; μ_k, diag σ_k²) for a mixture of K diagonal Gaussians (chapter 9, eq. `eq-mixture-prior`).
+
+    ``mu`` and ``logvar`` have shape (K, d) and ``log_weights`` = log π has shape (K,); ``z`` has any
+    leading shape ``(..., d)`` and the result has shape ``z.shape[:-1]``.
+    """
+    arguments.tensor("mu", mu, 2, "(K, d)")
+    arguments.tensor("logvar", logvar, 2, "(K, d)")
+    arguments.tensor("log_weights", log_weights, 1, "(K,)")
+    if logvar.shape != mu.shape or len(log_weights) != len(mu):
+        raise ValueError(f"mu {tuple(mu.shape)}, logvar {tuple(logvar.shape)} and log_weights {tuple(log_weights.shape)} "
+                         "must describe the same K components: shapes (K, d), (K, d) and (K,)")
+    _check("z", z)
+    if z.ndim == 0 or z.shape[-1] != mu.shape[-1]:
+        raise ValueError(f"z must end with the latent axis of size d = {mu.shape[-1]}, got shape {tuple(z.shape)}")
+    return torch.logsumexp(log_weights + log_normal(z.unsqueeze(-2), mu, logvar), dim=-1)

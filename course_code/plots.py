@@ -317,3 +317,24 @@ def against_k(ks, measured: dict, predicted: dict | None = None, ylabel: str = "
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def latent_holes(axis: Tensor, log_q: Tensor, log_p: Tensor, hole: Tensor, title: str, ax=None):
+    """log₁₀ q(z)/p(z) on a square 2-D grid, the holes outlined in black and the prior's 90% region dashed (chapter 9).
+
+    ``axis`` holds the grid's n coordinates per dimension; ``log_q``, ``log_p`` and the boolean ``hole``
+    have one value per point of ``torch.cartesian_prod(axis, axis)``, shape (n·n,).
+    """
+    ax = _axis(ax)
+    n = len(axis)
+    ratio = ((log_q - log_p) / np.log(10)).reshape(n, n).T.detach().cpu().numpy()  # rows: z_2, columns: z_1
+    extent = (axis[0].item(), axis[-1].item(), axis[0].item(), axis[-1].item())
+    image = ax.imshow(ratio.clip(-3, 3), origin="lower", extent=extent, cmap="RdBu", vmin=-3, vmax=3)
+    ax.contour(axis.numpy(), axis.numpy(), hole.reshape(n, n).T.float().numpy(), levels=[0.5], colors="black", linewidths=1.2)
+    prior_mass = torch.softmax(log_p, 0).reshape(n, n).T.numpy()
+    heights = np.sort(prior_mass.ravel())[::-1]
+    level = heights[np.searchsorted(np.cumsum(heights), 0.9)]  # the region of highest density holding 90% of p(z)
+    ax.contour(axis.numpy(), axis.numpy(), prior_mass, levels=[level], colors=COLORS["prior"], linestyles="--", linewidths=1.0)
+    ax.set(xlabel="$z_1$", ylabel="$z_2$", title=title)
+    ax.grid(False)
+    return ax, image

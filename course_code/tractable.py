@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from course_code import arguments
 from course_code.distributions import LOG_2PI, kl_normal_full, kl_standard_normal, log_normal, log_standard_normal
@@ -211,3 +212,16 @@ def elbo_on_grid_log_q(log_joint: Tensor, log_q: Tensor) -> Tensor:
         raise ValueError(f"log_q must have the shape (G, B) of log_joint, {tuple(log_joint.shape)}; got {tuple(log_q.shape)}")
     log_q = torch.log_softmax(log_q, dim=0)
     return (log_q.exp() * (log_joint - log_q)).sum(0)
+
+
+def bernoulli_log_lik_table(logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x_b | z_g) for a Bernoulli decoder with logits (G, D) at G latent points and data x (B, D): shape (G, B) (chapter 9).
+
+    log p(x|z) = Σ_i x_i log σ(l_i) + (1 − x_i) log σ(−l_i) is linear in x, so the whole table is two
+    matrix products: the decoder runs once per grid point, not once per (grid point, datapoint) pair.
+    """
+    arguments.tensor("logits", logits, 2, "(G, D)")
+    arguments.tensor("x", x, 2, "(B, D)")
+    if logits.shape[-1] != x.shape[-1]:
+        raise ValueError(f"logits have {logits.shape[-1]} pixels and x has {x.shape[-1]}: they must match")
+    return F.logsigmoid(logits) @ x.T + F.logsigmoid(-logits) @ (1 - x).T

@@ -1,10 +1,13 @@
 """The course's plot style: figures the width of the book's text column, whose PNGs record their smallest font."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from course_code import plots  # noqa: E402
 from test_browser import SMALLEST_FONT_KEY, png_facts  # noqa: E402
@@ -54,3 +57,15 @@ def test_against_k_draws_measured_points_and_predicted_lines_on_log_axes(styled)
     assert [line.get_label() for line in ax.get_lines()] == ["measured", "predicted"]
     assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"]
     assert plots.smallest_font(ax.figure) >= 9
+
+
+def test_latent_holes_draws_the_ratio_map_with_the_holes_outlined(styled):
+    axis = torch.linspace(-3, 3, 31)
+    grid = torch.cartesian_prod(axis, axis)
+    log_p = -0.5 * (grid**2).sum(-1)
+    log_q = -0.5 * ((grid - 1) ** 2).sum(-1) / 0.5  # narrower and shifted: holes on the far side
+    hole = log_q - log_q.logsumexp(0) < log_p - log_p.logsumexp(0) - math.log(10)
+    ax, image = plots.latent_holes(axis, log_q, log_p, hole, title="holes")
+    assert ax.get_title() == "holes" and image.get_extent() == [-3.0, 3.0, -3.0, 3.0]
+    assert len(ax.collections) >= 2  # the holes' outline and the prior's 90% region
+    plt.close(ax.figure)
