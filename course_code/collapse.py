@@ -307,8 +307,8 @@ def table(results: dict[str, Sequence[Run]], columns: Sequence[str] = ("nll", "k
     if unknown:
         raise ValueError(f"unknown columns {sorted(unknown)}; choose from {list(COLUMNS)}")
     width = max(len(name) for name in results)
-    lines = [f"{'':<{width}}" + "".join(f"{COLUMNS[c]:>16}" for c in columns)]
+    lines = [f"{'':<{width}}" + "".join(f"{COLUMNS[c]:>14}" for c in columns)]
     for name, runs in results.items():
         cells = [f"{m:7.2f} ({s:4.2f})" for m, s in (summary(runs, c) for c in columns)]
-        lines.append(f"{name:<{width}}" + "".join(f"{cell:>16}" for cell in cells))
+        lines.append(f"{name:<{width}}" + "".join(f"{cell:>14}" for cell in cells))
     return "\n".join(lines)

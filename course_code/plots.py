@@ -26,11 +26,13 @@ COLORS = {
 }
 
 
-# The book's text column is 688 CSS pixels wide on a desktop. A figure drawn TEXT_WIDTH inches wide
-# at DPI dots per inch is shown at its own size there, so a font of F points is F / 72 * DPI pixels
-# tall on the page: the smallest font of the style, 9 points, is 12.5 px (tests/test_browser.py wants
-# at least 9 px). Give a figure of several panels the full width and more height, never more width.
-TEXT_WIDTH = 6.7
+# A figure is drawn TEXT_WIDTH inches wide at DPI dots per inch, so a font of F points is F / 72 * DPI
+# pixels tall in its PNG. On a desktop the book's column is 688 CSS pixels wide and the figure is shown
+# at its own 480 px; on a phone (390 px) the column is 358 px and the figure is scaled down by
+# 358 / 480. The style's smallest font, 9 points, is then 12.5 px on a desktop and 9.3 px on a phone
+# (tests/test_browser.py wants at least 9 px at both widths). A wider figure needs larger letters:
+# give a figure of several panels more height (panels stacked), never more width.
+TEXT_WIDTH = 4.8
 DPI = 100
 SMALLEST_FONT_KEY = "Smallest font"  # the PNG text chunk holding a figure's smallest font, in points
 
@@ -40,7 +42,7 @@ def use_style() -> None:
     light grid, no top/right spines; in a notebook, each PNG records its smallest font."""
     mpl.rcParams.update(
         {
-            "figure.figsize": (TEXT_WIDTH, 3.6),
+            "figure.figsize": (TEXT_WIDTH, 3.4),
             "figure.dpi": DPI,
             "savefig.dpi": DPI,
             "figure.constrained_layout.use": True,
@@ -124,7 +126,8 @@ def latent_scatter(z: Tensor, labels: Tensor | None = None, title: str = "Latent
         for c in np.unique(labels):
             pts = z[labels == c]
             ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.7, color=cmap(int(c) % 10), label=str(c))
-        ax.legend(title="digit", markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        # Below the axes, five to a row: beside them the legend would widen the figure.
+        ax.legend(title="digit", markerscale=2.5, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(title)

@@ -26,7 +26,7 @@ def test_style_draws_at_the_text_width_with_fonts_of_nine_points_or_more(styled)
     ax.plot([0, 1], [0, 1], label="a line")
     ax.set(title="title", xlabel="x", ylabel="y")
     ax.legend()
-    assert tuple(fig.get_size_inches()) == (plots.TEXT_WIDTH, 3.6)
+    assert tuple(fig.get_size_inches()) == (plots.TEXT_WIDTH, 3.4)
     assert plots.smallest_font(fig) == 9  # tick labels and legend
 
 
