@@ -69,7 +69,8 @@ class VampPrior(nn.Module):
     The prior owns the pseudo-inputs only; it reaches the encoder through :meth:`attach`, which the
     VAE calls once. The encoder stays a submodule of the VAE alone (it is not registered twice), so
     the prior's gradient reaches both the pseudo-inputs and the encoder's weights. The pseudo-inputs
-    start as uniform draws in [0, 1], the range of the pixels.
+    start as uniform draws in [0, 1], the range of the pixels, and are not held there during training
+    (Tomczak & Welling clip theirs with a hard tanh; here they are free parameters).
     """
 
     def __init__(self, x_dim: int, n_components: int = 10):
