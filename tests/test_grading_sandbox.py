@@ -340,6 +340,17 @@ def test_a_function_that_ends_the_shared_process_costs_the_others_nothing(tmp_pa
     assert calls == ["call", "call"]
 
 
+def test_a_call_process_that_cannot_start_fails_each_check_with_the_reason(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("no process for you")
+
+    monkeypatch.setattr(sandbox, "run", broken)
+    verdicts, reasons = grading.run_checks({"kl_standard_normal": "kl_to_prior", "kl_normal": "kl_wrong"},
+                                           learner_functions(LEARNER), tmp_path, sandbox.Limits(), False)
+    assert verdicts == {"kl_standard_normal": "fail", "kl_normal": "fail"}
+    assert reasons == [f"{c}: could not be graded: OSError: no process for you" for c in ("kl_standard_normal", "kl_normal")]
+
+
 @pytest.mark.parametrize("line", [b'{"returned": {"int": 1}}', b'[true, {"returned": {"int": 1}}]',
                                   b'[0, {"returned": {"pickle": "gASV"}}]', b'[0]', b'not json'],
                          ids=["no job", "job not a number", "not data", "no outcome", "not json"])

@@ -283,8 +283,14 @@ def run_checks(chapter_checks: dict[str, str], functions: dict[str, str], folder
         verdicts[check] = ""
         judge(check, function)
     if asked:
-        for function, outcomes in zip(asked.values(), call_jobs([f.job for f in asked.values()], folder, limits,
-                                                                sandboxed)):
+        try:
+            called = call_jobs([f.job for f in asked.values()], folder, limits, sandboxed)
+        except Exception as error:  # the process could not be started or given its request
+            for check in asked:
+                verdicts[check] = "fail"
+                reasons.append(f"{check}: could not be graded: {type(error).__name__}: {_first_line(str(error))}")
+            return verdicts, reasons
+        for function, outcomes in zip(asked.values(), called):
             function.outcomes = outcomes
         for check, function in dict(asked).items():
             judge(check, function)
