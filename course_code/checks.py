@@ -1332,6 +1332,22 @@ def planar(fn: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
     )
 
 
+def planar_slope(fn: Callable[[Tensor, float], Tensor]) -> None:
+    """Check ``fn(z, u)`` = f'(z) = 1 + u (1 − tanh² z) for the one-dimensional planar step f(z) = z + u tanh z (w = 1, b = 0, no correction of u) (chapter 8, exercise ex-08-fold, eq. `eq-planar`)."""
+    g = _generator(83)
+    cases = [{"z": torch.zeros(1), "u": -2.0}]  # the exercise's step at its steepest descent
+    for N, u in ((7, -2.0), (5, -0.5), (9, 1.5), (4, -4.0)):
+        cases.append({"z": 2 * torch.randn(N, generator=g), "u": u})
+    return compare(
+        "planar_slope",
+        fn,
+        lambda z, u: 1 + u * (1 - torch.tanh(z) ** 2),
+        cases,
+        hint="d/dz tanh z = 1 − tanh² z, so f'(z) = 1 + u (1 − tanh² z), one value per point of z; use u as it is given "
+        "(the exercise is about the step without the correction û).",
+    )
+
+
 # --- Chapter 9: Richer priors ---
 
 def mixture_log_prob(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:

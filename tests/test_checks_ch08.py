@@ -89,3 +89,29 @@ def test_unattempted_exercise_is_not_a_failure():
 
     with pytest.raises(NotImplementedError):
         checks.log_normal_full(stub)
+
+
+def planar_slope_right(z, u):
+    return 1 + u * (1 - torch.tanh(z) ** 2)
+
+
+def planar_slope_corrected(z, u):  # û where the exercise asks for u as it is given
+    u = torch.as_tensor(u)
+    u_hat = u + F.softplus(u) - 1 - u
+    return 1 + u_hat * (1 - torch.tanh(z) ** 2)
+
+
+def planar_slope_without_derivative(z, u):  # tanh where its derivative 1 − tanh² belongs
+    return 1 + u * torch.tanh(z)
+
+
+def test_planar_slope_passes_the_right_slope(capsys):
+    checks.planar_slope(planar_slope_right)
+    assert "✔ planar_slope" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong", [planar_slope_corrected, planar_slope_without_derivative])
+def test_wrong_planar_slope_fails_with_the_hint(wrong):
+    with pytest.raises(checks.CheckFailed, match="planar_slope: its values differ from the reference") as failure:
+        checks.planar_slope(wrong)
+    assert "hint: d/dz tanh z" in str(failure.value)
