@@ -1391,3 +1391,27 @@ def prior_mass_in_holes(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
         "constants; a point is in a hole when q < p / ratio; add up the normalized p, not q, over those points.",
         references=(diagnostics.prior_mass_in_holes,),
     )
+
+
+def vamp_log_prior(fn: Callable[[torch.nn.Module, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(encoder, pseudo_inputs, z)`` = log (1/K) Σ_k q_φ(z | u_k) per point, which is the aggregated posterior of the encoder at the pseudo-inputs (exercise ex-09-vamp-data, eq. `eq-vampprior`)."""
+    from course_code import diagnostics, models
+
+    g = _generator(11)
+    cases = []
+    for x_dim, z_dim, k, m in ((5, 2, 7, 4), (6, 3, 1, 9), (3, 1, 4, 6)):  # D, d, K and M all different; K = 1 is one Gaussian
+        encoder = models.Encoder(x_dim, z_dim, hidden=(8,)).requires_grad_(False)
+        for parameter in encoder.parameters():
+            parameter.copy_(0.7 * torch.randn(parameter.shape, generator=g))
+        cases.append({"encoder": encoder, "pseudo_inputs": torch.rand(k, x_dim, generator=g),
+                      "z": 2 * torch.randn(m, z_dim, generator=g)})
+    return compare(
+        "vamp_log_prior",
+        fn,
+        lambda encoder, pseudo_inputs, z: diagnostics.aggregate_log_density(z, *encoder(pseudo_inputs)),
+        cases,
+        hint="mu, logvar = encoder(pseudo_inputs), each (K, d); log N(z_m; μ_k, diag σ_k²) for every pair has shape (M, K) "
+        "(z[:, None, :] against mu[None]), summed over d; then torch.logsumexp over the component axis minus log K, "
+        "the equal weights 1/K.",
+        references=(diagnostics.aggregate_log_density,),
+    )

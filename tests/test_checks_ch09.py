@@ -84,3 +84,35 @@ def test_unattempted_exercise_is_not_a_failure():
 
     with pytest.raises(NotImplementedError):
         checks.mixture_log_prob(stub)
+
+
+def vamp_right(encoder, pseudo_inputs, z):
+    mu, logvar = encoder(pseudo_inputs)
+    return mixture_right(z, mu, logvar, torch.zeros(len(mu)))
+
+
+def vamp_weights_left_out(encoder, pseudo_inputs, z):  # Σ_k instead of (1/K) Σ_k
+    mu, logvar = encoder(pseudo_inputs)
+    return torch.logsumexp(log_normal_table(z, mu, logvar), dim=-1)
+
+
+def vamp_mean_of_logs(encoder, pseudo_inputs, z):  # (1/K) Σ_k log N instead of log (1/K) Σ_k N
+    mu, logvar = encoder(pseudo_inputs)
+    return log_normal_table(z, mu, logvar).mean(-1)
+
+
+def vamp_std_as_variance(encoder, pseudo_inputs, z):
+    mu, logvar = encoder(pseudo_inputs)
+    return mixture_std_as_variance(z, mu, logvar, torch.zeros(len(mu)))
+
+
+def test_right_vamp_log_prior_passes(capsys):
+    checks.vamp_log_prior(vamp_right)
+    assert "✔ vamp_log_prior" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong", [vamp_weights_left_out, vamp_mean_of_logs, vamp_std_as_variance])
+def test_wrong_vamp_log_prior_fails_with_the_hint(wrong):
+    with pytest.raises(checks.CheckFailed, match="vamp_log_prior") as failure:
+        checks.vamp_log_prior(wrong)
+    assert "minus log K" in str(failure.value)
