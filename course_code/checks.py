@@ -1286,6 +1286,79 @@ def dreg_surrogate(fn: Callable[[Tensor], Tensor]) -> None:
     )
 
 
+def _bound_cases() -> list[dict]:
+    """Linear-Gaussian models, one datapoint each, and a diagonal q: the best one (ELBO) or the mass-covering one."""
+    from course_code import tractable
+
+    cases = []
+    for number, (x_dim, z_dim, model_seed, cover, k) in enumerate(((3, 2, 11, False, 50), (3, 2, 11, True, 50),
+                                                                    (5, 3, 4, True, 7))):
+        lg = tractable.LinearGaussian.random(x_dim=x_dim, z_dim=z_dim, noise_std=0.5, seed=model_seed)
+        x, _ = lg.sample(1, _generator(72 + number))
+        mu, logvar = lg.best_diagonal_q(x)
+        if cover:  # the posterior's marginal variances
+            logvar = torch.linalg.inv(lg.precision()).diagonal().log().expand_as(mu)
+        cases.append({"W": lg.W, "b": lg.b, "logvar_x": lg.logvar_x, "x": x, "mu": mu, "logvar": logvar, "k": k,
+                      "repeats": 2000, "seed": number})
+    return cases
+
+
+def _elbo_and_bound(value, W: Tensor, b: Tensor, logvar_x: float, x: Tensor, mu: Tensor, logvar: Tensor, k: int,
+                    repeats: int, seed: int) -> str | None:
+    """Judge (ELBO, mean of L_K, its standard error): exact ELBO, a mean within four standard errors of 20,000 draws."""
+    from course_code import objectives, tractable
+
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        return f"it returned {_kind(value)}: return three numbers, (ELBO, mean of the draws of L_K, their standard error)"
+    try:
+        elbo, bound, error = (float(v) for v in value)
+    except (TypeError, ValueError, RuntimeError):
+        return "it returned something that is not three numbers: return (ELBO, mean of L_K, standard error)"
+    if not all(math.isfinite(v) for v in (elbo, bound, error)):
+        return "it returned numbers that are not finite"
+    lg = tractable.LinearGaussian(W, b, logvar_x)
+    exact = lg.elbo(x, mu, logvar).item()
+    if abs(elbo - exact) > 1e-4:
+        return (f"its ELBO is {_number(elbo)} but the exact ELBO of this q is {_number(exact)} (allowed: 10⁻⁴): use the "
+                f"closed form, lg.elbo(x, mu, logvar)")
+    many = 20_000
+    draws = objectives.iwae_bound(lg.log_likelihood, x.expand(many, -1), mu.expand(many, -1), logvar.expand(many, -1),
+                                  k, generator=_generator(2000 + seed))  # not the learner's stream
+    reference, spread = draws.mean().item(), draws.std().item()
+    expected_error = spread / repeats**0.5
+    if not expected_error / 1.5 <= error <= 1.5 * expected_error:
+        return (f"its standard error is {_number(error)}, but {repeats} draws of L_{k} have a standard error near "
+                f"{_number(expected_error)} (allowed: within a factor 1.5): the standard deviation of the draws divided by "
+                f"the square root of their number")
+    allowed = 4 * (error**2 + (spread / many**0.5) ** 2) ** 0.5
+    if abs(bound - reference) > allowed:
+        return (f"its mean of L_{k} is {_number(bound)}, but {many:,} draws give {_number(reference)} (allowed: four "
+                f"standard errors, ±{_number(allowed)}): each draw is log (1/K) Σ_k w_k over K = {k} samples of q")
+    return None
+
+
+def elbo_and_bound(fn: Callable) -> None:
+    """Graded assertion on ``fn(lg, x, mu, logvar, k, repeats, generator)`` = (ELBO, mean of ``repeats`` draws of L_K, its standard error) (chapter 7, ex-07-covering, eq. `eq-iwae-k`).
+
+    The ELBO must be exact within 10⁻⁴ nats; the standard error within a factor 1.5 of the spread of the draws
+    divided by √repeats; the mean within four standard errors (the two combined) of the mean of 20,000 draws (a
+    right answer fails one input in about 10⁴).
+    """
+    from course_code import tractable
+
+    return verify(
+        "elbo_and_bound",
+        fn,
+        _bound_cases(),
+        _elbo_and_bound,
+        hint="the ELBO in closed form, lg.elbo(x, mu, logvar); the draws as objectives.iwae_bound(lg.log_likelihood, "
+        "x, mu, logvar, k, generator=generator) with x, mu and logvar repeated `repeats` times along axis 0; their "
+        "mean, and their standard deviation divided by √repeats.",
+        adapt=lambda f: lambda W, b, logvar_x, x, mu, logvar, k, repeats, seed: f(
+            tractable.LinearGaussian(W, b, logvar_x), x, mu, logvar, k, repeats, torch.Generator().manual_seed(seed)),
+    )
+
+
 # --- Chapter 8: Richer posteriors: full covariance and normalizing flows ---
 
 

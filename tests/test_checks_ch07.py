@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from course_code import checks
+from course_code import checks, distributions, objectives
 
 
 def ess_right(log_w):
@@ -75,3 +75,49 @@ def test_wrong_dreg_fails_on_the_gradient(wrong):
     with pytest.raises(checks.CheckFailed, match="returned value number 2") as failure:
         checks.dreg_surrogate(wrong)
     assert "log_w.detach()" in str(failure.value)
+
+
+def bounds_right(lg, x, mu, logvar, k, repeats, generator):
+    draws = objectives.iwae_bound(lg.log_likelihood, x.expand(repeats, -1), mu.expand(repeats, -1),
+                                  logvar.expand(repeats, -1), k, generator=generator)
+    return lg.elbo(x, mu, logvar).item(), draws.mean().item(), draws.std().item() / repeats**0.5
+
+
+def bounds_one_sample(lg, x, mu, logvar, k, repeats, generator):  # draws of the ELBO, K = 1, whatever k is
+    return bounds_right(lg, x, mu, logvar, 1, repeats, generator)
+
+
+def bounds_standard_deviation(lg, x, mu, logvar, k, repeats, generator):  # the spread of the draws, not its error
+    elbo, bound, error = bounds_right(lg, x, mu, logvar, k, repeats, generator)
+    return elbo, bound, error * repeats**0.5
+
+
+def bounds_mean_of_log_weights(lg, x, mu, logvar, k, repeats, generator):  # mean of log w_k instead of log of mean w_k
+    z = mu + (0.5 * logvar).exp() * torch.randn(repeats, k, mu.shape[-1], generator=generator)
+    log_w = (lg.log_likelihood(x.expand(repeats * k, -1), z.reshape(-1, mu.shape[-1])).reshape(repeats, k)
+             + distributions.log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+             - distributions.log_normal(z, mu.expand_as(z), logvar.expand_as(z)))
+    draws = log_w.mean(1)
+    return lg.elbo(x, mu, logvar).item(), draws.mean().item(), draws.std().item() / repeats**0.5
+
+
+def bounds_estimated_elbo(lg, x, mu, logvar, k, repeats, generator):  # the ELBO as the mean of 2,000 one-sample draws
+    _, elbo, _ = bounds_right(lg, x, mu, logvar, 1, repeats, generator)
+    return (elbo,) + bounds_right(lg, x, mu, logvar, k, repeats, generator)[1:]
+
+
+def test_elbo_and_bound_passes_right_answers_with_other_random_numbers(capsys):
+    for seed in range(5):
+        checks.elbo_and_bound(lambda *args, seed=seed: bounds_right(*args[:-1], torch.Generator().manual_seed(100 + seed)))
+    assert capsys.readouterr().out.count("✔ elbo_and_bound: passed") == 5
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (bounds_one_sample, "standard error"),
+    (bounds_standard_deviation, "standard error"),
+    (bounds_mean_of_log_weights, "L_50"),
+    (bounds_estimated_elbo, "exact ELBO"),
+])
+def test_wrong_elbo_and_bound_fails(wrong, message):
+    with pytest.raises(checks.CheckFailed, match=message):
+        checks.elbo_and_bound(wrong)
