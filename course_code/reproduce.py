@@ -356,8 +356,6 @@ SEED_002_LOSSES = [147.484892, 122.673746, 119.444152, 118.063614, 117.056634]  
 )
 def seed002(budget: dict, seed: int, mnist: Path | None):
     """The seed's run on grey levels (per-epoch average loss), then the same model on binarized digits (log p(x))."""
-    import matplotlib.pyplot as plt  # colours C0, C2, C7 are plots.COLORS' ELBO, log p(x) and data
-
     grey = load_mnist(mnist, None, seed)
     model, grey_history = train_vae(subset(grey.x_train, budget["n_train"]), 10, [200], epochs=budget["epochs"], lr=0.01, dynamic=False, seed=seed)
     grey_test_elbo = training.evaluate(model, grey.x_test)["elbo"]
@@ -372,14 +370,21 @@ def seed002(budget: dict, seed: int, mnist: Path | None):
         "binary_epoch_time_s": [round(t, 1) for t in binary_history["time"]],
         "binary": scores,
     }
+    return results, seed002_figure(results)
+
+
+def seed002_figure(results: dict):
+    """The seed's per-epoch losses against the course's, grey and binarized (drawn from a record's results)."""
+    import matplotlib.pyplot as plt  # colours C0, C2, C7 are plots.COLORS' ELBO, log p(x) and data
+
     fig, ax = plt.subplots()
-    epochs = range(1, budget["epochs"] + 1)
-    ax.plot(range(1, 6), SEED_002_LOSSES, "o--", color="C7", label="seed 002 (grey levels)")
-    ax.plot(epochs, results["grey_epoch_loss"], "o-", color="C0", label="course_code (grey levels)")
-    ax.plot(epochs, results["binary_epoch_loss"], "s-", color="C2", label="course_code (binarized)")
-    ax.set(xlabel="epoch", ylabel="average training loss (nats)", title="Seed 002's recipe on MNIST")
+    epochs = range(1, len(results["grey_epoch_loss"]) + 1)
+    ax.plot(range(1, 6), SEED_002_LOSSES, "o--", color="C7", label="seed 002 (grey)")
+    ax.plot(epochs, results["grey_epoch_loss"], "o-", color="C0", label="course (grey)")
+    ax.plot(epochs, results["binary_epoch_loss"], "s-", color="C2", label="course (binarized)")
+    ax.set(xlabel="epoch", ylabel="training loss (nats)", title="Seed 002's recipe on MNIST")
     ax.legend()
-    return results, fig
+    return fig
 
 
 @experiment(
@@ -394,8 +399,6 @@ def seed002(budget: dict, seed: int, mnist: Path | None):
 )
 def latent(budget: dict, seed: int, mnist: Path | None):
     """One VAE per latent size, same data, epochs and optimizer; test ELBO and log p(x) of each."""
-    import matplotlib.pyplot as plt
-
     binary = load_mnist(mnist, "dynamic", seed)
     x_train = subset(binary.x_train, budget["n_train"])
     rows = []
@@ -403,15 +406,22 @@ def latent(budget: dict, seed: int, mnist: Path | None):
         model, history = train_vae(x_train, z_dim, [budget["hidden"]], epochs=budget["epochs"], lr=budget["lr"], dynamic=True, seed=seed)
         scores = score_on_test(model, binary.x_test, budget["n_test"], budget["iw_samples"], seed)
         rows.append({"z_dim": z_dim, "train_elbo": round(history["elbo"][-1], 3), "train_time_s": round(history["time"][-1], 1), **scores})
+    return {"by_latent": rows}, latent_figure(rows, budget["epochs"])
+
+
+def latent_figure(rows: list[dict], epochs: int):
+    """Test ELBO and log p(x) against the latent size (drawn from a record's results)."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots()
     z = [row["z_dim"] for row in rows]
     ax.plot(z, [row["test_elbo"] for row in rows], "o-", color="C0", label="test ELBO")
-    ax.errorbar(z, [row["log_px"] for row in rows], yerr=[2 * row["log_px_se"] for row in rows], fmt="s-", color="C2", capsize=3, label="test log p(x) (± 2 s.e.)")
+    ax.errorbar(z, [row["log_px"] for row in rows], yerr=[2 * row["log_px_se"] for row in rows], fmt="s-", color="C2", capsize=3, label="log p(x) ± 2 s.e.")
     ax.set_xscale("log")
     ax.set_xticks(z, [str(v) for v in z])
-    ax.set(xlabel="latent size", ylabel="nats per image", title=f"Latent size at {budget['epochs']} epochs")
+    ax.set(xlabel="latent size", ylabel="nats per image", title=f"Latent size at {epochs} epochs")
     ax.legend()
-    return {"by_latent": rows}, fig
+    return fig
 
 
 # ---- the command ---------------------------------------------------------------------------------
