@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -275,6 +276,74 @@ def test_the_grade_sheet_is_replaced_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["grades.csv"], "no temporary file is left behind"
 
 
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every living process under ``pid``, with its start time (to tell a reused pid apart)."""
+    parents, started = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)], started[int(entry.name)] = int(fields[1]), fields[19]
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, of in parents.items():
+            if of == parent and child not in found:
+                found[child] = started[child]
+                frontier.append(child)
+    return found
+
+
+def alive(processes: dict[int, str]) -> list[int]:
+    still = []
+    for pid, start in processes.items():
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[19] == start and fields[0] != "Z":
+                still.append(pid)
+    return still
+
+
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandboxed", "not sandboxed"])
+def test_a_terminated_grader_stops_everything_it_started(tmp_path, sandboxed):
+    """`kill` (SIGTERM) on the grader mid-batch: its workers, sandboxes and kernels all end, nothing is written."""
+    if sandboxed:
+        require_sandbox()
+    root = make_book(tmp_path / "course", {"09_fixture": fixture_chapter()})
+    folder, output = tmp_path / "submissions", tmp_path / "grades.csv"
+    folder.mkdir()
+    for name in ("a", "b"):  # two notebooks that never end, graded at the same time
+        (folder / f"{name}.ipynb").write_text(submission(["import time\nwhile True:\n    time.sleep(0.1)"]))
+    command = [sys.executable, "-m", "course_code.instructor", "--root", str(root), "grade", str(folder),
+               "--output", str(output), "--jobs", "2"] + ([] if sandboxed else ["--no-sandbox"])
+    grader = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, started = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and grader.poll() is None:  # wait for both kernels to run
+            started = descendants(grader.pid)
+            kernels = [p for p in started if "ipykernel" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")] \
+                if started else []
+            if len(kernels) == 2:
+                break
+            time.sleep(0.5)
+        assert grader.poll() is None and len(kernels) == 2, "the two kernels did not start"
+        time.sleep(1)
+        started = descendants(grader.pid)
+        grader.terminate()
+        code = grader.wait(30)
+    finally:
+        grader.kill()
+    deadline = time.monotonic() + 10
+    while alive(started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert code == 130 and "no grade sheet was written" in grader.stderr.read()
+    assert alive(started) == [], "processes outlived the grader"
+    assert not output.exists()
+    assert not list(Path("/sys/fs/cgroup/pids").glob(f"course-grading-{grader.pid}-*")), "a cgroup was left behind"
+
+
 # --- one process for a submission's checks -----------------------------------------------------
 
 LEARNER = """\
@@ -456,3 +525,26 @@ def test_a_sandbox_starts_with_the_graders_font_list(tmp_path, monkeypatch):
     sandbox._seed_font_cache()
     assert sorted(p.name for p in home.iterdir()) == ["fontlist-v390.json"]
     assert list(Path(sandbox._font_cache()).glob("fontlist*.json")), "the grader's own list exists, to be copied"
+
+
+def test_a_killed_graders_cgroup_is_removed_by_the_next_grader():
+    """SIGKILL leaves no chance to clean up: the next grader removes the cgroup (and kills what is in it)."""
+    base = Path("/sys/fs/cgroup/pids")
+    if os.geteuid() != 0 or not base.is_dir():
+        pytest.skip("the process-count cgroup is made only as root, on cgroup v1's pids controller")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs, as a killed grader's
+    left = base / f"course-grading-{gone.pid}-1"
+    left.mkdir()
+    try:
+        (left / "cgroup.procs").write_text(str(child.pid))
+        ours = base / f"course-grading-{os.getpid()}-1"  # a living grader's cgroup is left alone
+        ours.mkdir()
+        assert sandbox.sweep() == [left]
+        assert child.wait(10) == -9 and not left.exists() and ours.exists()
+    finally:
+        child.kill()
+        for group in (left, base / f"course-grading-{os.getpid()}-1"):
+            with contextlib.suppress(OSError):
+                group.rmdir()

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from course_code.instructor import book, grading, student
+from course_code.instructor import book, grading, sandbox, student
 
 
 def _student(args: argparse.Namespace) -> None:
@@ -57,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except (book.ExerciseFormatError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted" + (": every submission's processes were stopped and no grade sheet was written"
+                               if args.command == "grade" else ""), file=sys.stderr)
+        return 130
     return 0
 
 
 if __name__ == "__main__":
+    sandbox.stop_on_terminate()
     sys.exit(main())
+

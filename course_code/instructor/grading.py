@@ -408,13 +408,25 @@ def grade(folder: Path, output: Path, timeout: float, root: Path = book.ROOT, jo
         raise FileNotFoundError(f"no notebooks (*.ipynb) under {folder}")
     names = [str(path.relative_to(folder)) for path in paths]
     seed = secrets.randbelow(2**31)  # the checks' random inputs differ from the ones a learner can see
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    sandbox.sweep()
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=sandbox.stop_on_terminate)
+    try:
         futures = [pool.submit(grade_notebook, path, name, known, timeout, sandboxed, limits, seed)
                    for path, name in zip(paths, names)]
         for future in as_completed(futures):
             row = future.result()
             print(f"{row.submission}: {row.status}, {row.passed}/{len(row.verdicts)} checks passed"
                   + (f" — {row.message}" if row.message else ""), flush=True)
+    except BaseException:  # interrupted: each worker kills what it started, and no grade sheet is written
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        for worker in multiprocessing.active_children():
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+        raise
+    pool.shutdown()
     grades = [future.result() for future in futures]
     write_csv(grades, checks, output)
     return grades

@@ -188,6 +188,31 @@ class _Cgroup:
             time.sleep(0.05)
 
 
+def sweep() -> list[Path]:
+    """Remove the cgroups of graders that were killed before they could (their processes are killed first)."""
+    removed = []
+    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        for group in base.glob("course-grading-*-*") if base.is_dir() else ():
+            owner = group.name.split("-")[2]
+            if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+                continue
+            leftover = _Cgroup.__new__(_Cgroup)
+            leftover.path = group
+            leftover.close()
+            if not group.exists():
+                removed.append(group)
+    return removed
+
+
+def stop_on_terminate() -> None:
+    """Make SIGTERM end this process as Ctrl-C does, so that every run's clean-up (see :func:`run`) happens."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(command: list[str], stdin: bytes, inbox: Path, seconds: float, limits: Limits, sandboxed: bool) -> Result:
     """Run ``python -m course_code.instructor.sandbox <command>`` on ``stdin`` for at most ``seconds``; read its stdout.
 
@@ -213,26 +238,33 @@ def run(command: list[str], stdin: bytes, inbox: Path, seconds: float, limits: L
         else:
             cwd = stack.enter_context(_scratch())
             argv, env, request_inbox = python, {**_environment(cwd), "COURSE_GRADING_FONTS": _font_cache()}, str(inbox)
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                   cwd=cwd, env={**env, "COURSE_GRADING_INBOX": request_inbox}, preexec_fn=limit,
-                                   start_new_session=True)
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       cwd=cwd, env={**env, "COURSE_GRADING_INBOX": request_inbox}, preexec_fn=limit,
+                                       start_new_session=True)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.close()
+            raise
         chunks: list[bytes] = []
         cap = limits.output_mib << 20
         reader = threading.Thread(target=_read, args=(process.stdout, chunks, cap), daemon=True)
         writer = threading.Thread(target=_write, args=(process.stdin, stdin), daemon=True)
-        reader.start(), writer.start()
         timed_out = False
-        deadline = time.monotonic() + seconds
-        while process.poll() is None and reader.is_alive():
-            if time.monotonic() > deadline:
-                timed_out = True
-                break
-            reader.join(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        if cgroup is not None:
-            cgroup.close()
+        try:  # however this ends (an interrupted grader included), every process the run started is killed
+            reader.start(), writer.start()
+            deadline = time.monotonic() + seconds
+            while process.poll() is None and reader.is_alive():
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                reader.join(0.05)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            if cgroup is not None:
+                cgroup.close()
         reader.join(5)
         output = b"".join(chunks)
     return Result(process.returncode, output[:cap], timed_out, len(output) > cap)
