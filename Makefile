@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NB     ?= book/*.ipynb
 export COURSE_PROGRESS ?= 0
 
-.PHONY: book test unit execute timings student grade benchmark lock clean
+.PHONY: book test unit execute timings student grade reproduce benchmark lock clean
 
 # A second set of CPU kernel code paths for the notebooks' second strict pass under `make test`:
 # PyTorch's generic (non-AVX) kernels, Intel MKL's and oneDNN's compatibility paths. They change the
@@ -79,8 +79,11 @@ grade: $(STAMP)         ## grade a folder of submitted notebooks, each in a sand
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=path/to/folder [TIMEOUT=seconds per notebook] [NO_SANDBOX=1 (trusted notebooks only)]" >&2; exit 2; }
 	$(BIN)/python -m course_code.instructor grade "$(SUBMISSIONS)" $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(NO_SANDBOX),--no-sandbox)
 
-benchmark: $(STAMP)     ## training-loop throughput against a DataLoader loop
-	$(BIN)/python benchmarks/throughput.py
+reproduce: $(STAMP)     ## re-run the recorded full-scale experiments into results/: make reproduce [NAME=seed002] [SMOKE=1] [THREADS=n] (reads MNIST from COURSE_MNIST)
+	$(BIN)/python -m course_code.reproduce $(or $(NAME),all) $(if $(SMOKE),--smoke) $(if $(THREADS),--threads $(THREADS))
+
+benchmark: $(STAMP)     ## the MNIST-size VAE's training and evaluation throughput, against a DataLoader loop and the CPU's matrix-product limit
+	$(BIN)/python benchmarks/throughput.py $(if $(THREADS),--threads $(THREADS))
 
 clean:
 	rm -rf _build

@@ -95,6 +95,7 @@ def aggressive_fit(
     max_inner_steps: int = 100,
     window: int = 10,
     seed: int = 0,
+    track: bool = True,
     callback: Callback | None = None,
     progress: bool | None = None,
 ) -> dict[str, list[float]]:
@@ -102,7 +103,8 @@ def aggressive_fit(
 
     ``x_val`` is a validation split: the switch out of aggressive mode is decided on it, and the
     history holds, measured on it after every epoch, ``val_elbo`` and the latent diagnostics
-    ``val_kl``, ``mi`` and ``au`` (all on the same data, so they can be compared), next to the
+    ``val_kl``, ``mi`` and ``au`` (all on the same data, so they can be compared; with ``track=False``
+    only in the epochs whose MI decides the aggressive mode, so not at all without it), next to the
     averages over the training batches that :func:`course_code.training.fit` records (``elbo``,
     ``rec``, ``kl``, ``kl_weight``, ``time``); ``aggressive`` (1 or 0) says whether the epoch ran in
     aggressive mode and ``inner_steps`` the mean number of encoder steps per decoder step. ``callback(epoch,
@@ -150,13 +152,14 @@ def aggressive_fit(
             step, updates = step + 1, updates + 1
         record = training.epoch_record(sums, len(x), 1.0, start, model, x_val)
         record["val_elbo"] = record.pop("test_elbo")
-        latent = latent_diagnostics(model, x_val, mi_generator)
-        record["val_kl"], record["mi"], record["au"] = latent["kl"], latent["mi"], latent["au"]
+        if track or aggressive:  # its own generator: measuring does not change the training run
+            latent = latent_diagnostics(model, x_val, mi_generator)
+            record["val_kl"], record["mi"], record["au"] = latent["kl"], latent["mi"], latent["au"]
         record["aggressive"] = float(was_aggressive)
         record["inner_steps"] = inner / updates
         if aggressive and record["mi"] < previous_mi:  # MI stopped rising: back to basic training for good
             aggressive = False
-        previous_mi = record["mi"]
+        previous_mi = record.get("mi", previous_mi)
         for key, value in record.items():
             history.setdefault(key, []).append(value)
         if callback is not None:
@@ -249,6 +252,7 @@ def run(
     aggressive: bool = False,
     seed: int = 0,
     n_samples: int = 500,
+    track: bool = True,
     snapshot_x: Tensor | None = None,
     snapshot_epochs: Sequence[int] = (),
     **options,
@@ -259,7 +263,8 @@ def run(
     aggressive mode, which decides on and tracks the validation split ``x_val``; β, KL annealing and
     free bits go through :func:`course_code.training.fit`. Either way the history's ``val_elbo`` is
     the ELBO on ``x_val`` after each epoch; ``x_test`` is used only for the final numbers. The NLL
-    is the importance-sampled −log p(x) with K = ``n_samples``.
+    is the importance-sampled −log p(x) with K = ``n_samples``. ``track=False`` leaves out the latent
+    diagnostics of every epoch (see :func:`aggressive_fit`) when only the final numbers are wanted.
     Given ``snapshot_x``, the points :func:`posterior_means` of those datapoints are recorded before
     training and after each epoch in ``snapshot_epochs`` (plain ELBO only). ``options`` go to the trainer.
     """
@@ -276,7 +281,8 @@ def run(
 
     if plain_elbo:
         callback = snapshot if snapshot_x is not None else None
-        history = aggressive_fit(model, x, x_val, aggressive=aggressive, epochs=epochs, seed=seed, callback=callback, **options)
+        history = aggressive_fit(model, x, x_val, aggressive=aggressive, epochs=epochs, seed=seed, track=track,
+                                 callback=callback, **options)
     else:
         history = training.fit(model, x, epochs=epochs, beta=beta, free_bits=free_bits, x_test=x_val, seed=seed, **options)
         history["val_elbo"] = history.pop("test_elbo")
@@ -301,8 +307,8 @@ def table(results: dict[str, Sequence[Run]], columns: Sequence[str] = ("nll", "k
     if unknown:
         raise ValueError(f"unknown columns {sorted(unknown)}; choose from {list(COLUMNS)}")
     width = max(len(name) for name in results)
-    lines = [f"{'':<{width}}" + "".join(f"{COLUMNS[c]:>16}" for c in columns)]
+    lines = [f"{'':<{width}}" + "".join(f"{COLUMNS[c]:>14}" for c in columns)]
     for name, runs in results.items():
         cells = [f"{m:7.2f} ({s:4.2f})" for m, s in (summary(runs, c) for c in columns)]
-        lines.append(f"{name:<{width}}" + "".join(f"{cell:>16}" for cell in cells))
+        lines.append(f"{name:<{width}}" + "".join(f"{cell:>14}" for cell in cells))
     return "\n".join(lines)

@@ -4,6 +4,7 @@ Every function takes the encoder's outputs over a dataset, ``mu`` and ``logvar``
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -74,11 +75,18 @@ def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | 
     return (log_q - _log_aggregate(z.reshape(-1, mu.shape[-1]), mu, logvar)).mean()
 
 
-def aggregate_kl(mu: Tensor, logvar: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
-    """KL(q(z) ‖ p(z)) for the aggregated posterior q(z) = (1/N) Σ_n q(z|x_n), by Monte Carlo (chapter 2)."""
+def aggregate_kl(
+    mu: Tensor, logvar: Tensor, n_samples: int = 1, generator: torch.Generator | None = None, log_prior: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """KL(q(z) ‖ p(z)) for the aggregated posterior q(z) = (1/N) Σ_n q(z|x_n), by Monte Carlo (chapters 2, 9).
+
+    p(z) is N(0, I) unless ``log_prior`` (a function of z of shape (M, d) returning shape (M,)) says otherwise.
+    """
     _check_posteriors(mu, logvar)
+    log_prior = log_standard_normal if log_prior is None else log_prior
+    arguments.function("log_prior", log_prior)
     z = reparameterize(mu, logvar, arguments.integer("n_samples", n_samples), generator).reshape(-1, mu.shape[-1])
-    return (_log_aggregate(z, mu, logvar) - log_standard_normal(z)).mean()
+    return (_log_aggregate(z, mu, logvar) - log_prior(z)).mean()
 
 
 def surgery_on_grid(mu: Tensor, logvar: Tensor, limit: float | None = None, n_points: int = 4001) -> dict[str, Tensor]:
@@ -111,3 +119,46 @@ def surgery_on_grid(mu: Tensor, logvar: Tensor, limit: float | None = None, n_po
         "mutual_information": mutual_information,
         "aggregate_kl": aggregate_kl,
     }
+
+
+def aggregate_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log q(z) of the aggregated posterior (1/N) Σ_n q(z|x_n) at points ``z`` of shape (M, d): shape (M,) (chapter 9).
+
+    The points are taken 1,024 at a time, so that a grid of tens of thousands of points against
+    thousands of posteriors never holds the whole (M, N) table in memory.
+    """
+    _check_posteriors(mu, logvar)
+    arguments.tensor("z", z, 2, "(M, d)")
+    if z.shape[-1] != mu.shape[-1]:
+        raise ValueError(f"z has {z.shape[-1]} latent dimensions but the posteriors have {mu.shape[-1]}")
+    return torch.cat([_log_aggregate(chunk, mu, logvar) for chunk in z.split(1024)])  # chunks bound the (M, N) table's memory
+
+
+def aggregate_kl_on_grid(mu: Tensor, logvar: Tensor, grid: Tensor, log_prior: Tensor) -> Tensor:
+    """KL(q(z) ‖ p(z)) by quadrature on a regular grid (G, d), given log p(z) at the grid points (G,) (chapter 9).
+
+    Both densities are discretized on the grid (each normalized to sum to one over its points), so the
+    result is the KL between two distributions on the grid points: never negative, whatever the spacing.
+    """
+    arguments.tensor("log_prior", log_prior, 1, "(G,)")
+    if len(log_prior) != len(grid):
+        raise ValueError(f"log_prior has {len(log_prior)} values for {len(grid)} grid points: give one per point")
+    log_q = torch.log_softmax(aggregate_log_density(grid, mu, logvar), 0)
+    log_p = torch.log_softmax(log_prior, 0)
+    return (log_q.exp() * (log_q - log_p)).sum()
+
+
+def prior_mass_in_holes(log_q: Tensor, log_p: Tensor, ratio: float = 10.0) -> Tensor:
+    """The prior's mass in the "holes" of the aggregated posterior, on a regular grid (chapter 9, eq. `eq-holes`).
+
+    ``log_q`` and ``log_p`` hold log q(z) and log p(z) at the G grid points (shape (G,), each up to a
+    constant: both are normalized over the grid). A point is in a hole when q(z) < p(z) / ``ratio``;
+    the result is the sum of the normalized p over those points.
+    """
+    arguments.tensor("log_q", log_q, 1, "(G,)")
+    arguments.tensor("log_p", log_p, 1, "(G,)")
+    if log_q.shape != log_p.shape:
+        raise ValueError(f"log_q has {len(log_q)} grid points and log_p has {len(log_p)}: give both at the same points")
+    ratio = arguments.number("ratio", ratio, positive=True)
+    log_q, log_p = torch.log_softmax(log_q, 0), torch.log_softmax(log_p, 0)
+    return log_p.exp()[log_q < log_p - math.log(ratio)].sum()

@@ -105,3 +105,85 @@ def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(μ, diag σ²) ‖ N(0, I)) = −½ Σ (1 + log σ² − μ² − σ²): the VAE's KL term (eq. `eq-kl-prior`)."""
     _check_pair("mu", mu, "logvar", logvar)
     return -0.5 * (1 + logvar - mu**2 - torch.exp(logvar)).sum(-1)
+
+
+# Full-covariance Gaussians N(μ, LLᵀ), parameterized by the Cholesky factor L (chapter 8).
+
+
+def _check_scale_tril(name: str, scale_tril: Tensor, mu: Tensor) -> None:
+    _check(name, scale_tril)
+    d = mu.shape[-1]
+    if scale_tril.ndim < 2 or scale_tril.shape[-2:] != (d, d):
+        raise ValueError(f"{name} must have shape (..., {d}, {d}) to match mu of shape {tuple(mu.shape)}; got {tuple(scale_tril.shape)}")
+    if not (torch.diagonal(scale_tril, dim1=-2, dim2=-1) > 0).all():
+        raise ValueError(f"{name} must be lower triangular with a positive diagonal (a Cholesky factor); build it with torch.linalg.cholesky")
+
+
+def _whiten(scale_tril: Tensor, v: Tensor) -> Tensor:
+    """L⁻¹v for vectors v of shape (..., d), by triangular solve (L broadcasts against v's batch axes)."""
+    shape = torch.broadcast_shapes(scale_tril.shape[:-2], v.shape[:-1])
+    L = scale_tril.expand(*shape, *scale_tril.shape[-2:])
+    return torch.linalg.solve_triangular(L, v.expand(*shape, v.shape[-1])[..., None], upper=False)[..., 0]
+
+
+def log_det_tril(scale_tril: Tensor) -> Tensor:
+    """log det(LLᵀ) = 2 Σ_j log L_jj for a Cholesky factor L (eq. `eq-full-cov-logdet`)."""
+    return 2 * torch.log(torch.diagonal(scale_tril, dim1=-2, dim2=-1)).sum(-1)
+
+
+def reparameterize_full(
+    mu: Tensor, scale_tril: Tensor, n_samples: int | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """Draw z = μ + Lε with ε ~ N(0, I): a reparameterized sample of N(μ, LLᵀ) (eq. `eq-full-cov-reparam`)."""
+    _check("mu", mu)
+    _check_scale_tril("scale_tril", scale_tril, mu)
+    shape = mu.shape if n_samples is None else (arguments.integer("n_samples", n_samples), *mu.shape)
+    eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    return mu + (scale_tril @ eps[..., None])[..., 0]
+
+
+def log_normal_full(x: Tensor, mu: Tensor, scale_tril: Tensor) -> Tensor:
+    """log N(x; μ, LLᵀ) = −½ (d log 2π + log det LLᵀ + ‖L⁻¹(x − μ)‖²) (eq. `eq-full-cov-logpdf`)."""
+    _check_pair("x", x, "mu", mu)
+    _check_scale_tril("scale_tril", scale_tril, mu)
+    r = _whiten(scale_tril, x - mu)
+    return -0.5 * (x.shape[-1] * LOG_2PI + log_det_tril(scale_tril) + (r**2).sum(-1))
+
+
+def kl_normal_full(mu_q: Tensor, scale_tril_q: Tensor, mu_p: Tensor | None = None, scale_tril_p: Tensor | None = None) -> Tensor:
+    """KL(N(μ_q, L_q L_qᵀ) ‖ N(μ_p, L_p L_pᵀ)) in closed form; the prior N(0, I) when μ_p and L_p are left out (eq. `eq-kl-full`).
+
+    With M = L_p⁻¹L_q and m = L_p⁻¹(μ_p − μ_q): ½ (‖M‖²_F + ‖m‖² − d + log det Σ_p − log det Σ_q).
+    """
+    _check("mu_q", mu_q)
+    _check_scale_tril("scale_tril_q", scale_tril_q, mu_q)
+    d = mu_q.shape[-1]
+    if mu_p is None:
+        mu_p = torch.zeros_like(mu_q)
+    if scale_tril_p is None:
+        scale_tril_p = torch.eye(d, dtype=mu_q.dtype, device=mu_q.device)
+    _check_pair("mu_q", mu_q, "mu_p", mu_p)
+    _check_scale_tril("scale_tril_p", scale_tril_p, mu_q)
+    shape = torch.broadcast_shapes(scale_tril_p.shape, scale_tril_q.shape)
+    M = torch.linalg.solve_triangular(scale_tril_p.expand(shape), scale_tril_q.expand(shape), upper=False)
+    m = _whiten(scale_tril_p, mu_p - mu_q)
+    trace = (M**2).sum((-2, -1))
+    return 0.5 * (trace + (m**2).sum(-1) - d + log_det_tril(scale_tril_p) - log_det_tril(scale_tril_q))
+
+
+def log_mixture_normal(z: Tensor, mu: Tensor, logvar: Tensor, log_weights: Tensor) -> Tensor:
+    """log Σ_k π_k N(z; μ_k, diag σ_k²) for a mixture of K diagonal Gaussians (chapter 9, eq. `eq-mixture-prior`).
+
+    ``mu`` and ``logvar`` have shape (K, d) and ``log_weights`` = log π has shape (K,); ``z`` has any
+    leading shape ``(..., d)`` and the result has shape ``z.shape[:-1]``.
+    """
+    arguments.tensor("mu", mu, 2, "(K, d)")
+    arguments.tensor("logvar", logvar, 2, "(K, d)")
+    arguments.tensor("log_weights", log_weights, 1, "(K,)")
+    if logvar.shape != mu.shape or len(log_weights) != len(mu):
+        raise ValueError(f"mu {tuple(mu.shape)}, logvar {tuple(logvar.shape)} and log_weights {tuple(log_weights.shape)} "
+                         "must describe the same K components: shapes (K, d), (K, d) and (K,)")
+    _check("z", z)
+    if z.ndim == 0 or z.shape[-1] != mu.shape[-1]:
+        raise ValueError(f"z must end with the latent axis of size d = {mu.shape[-1]}, got shape {tuple(z.shape)}")
+    return torch.logsumexp(log_weights + log_normal(z.unsqueeze(-2), mu, logvar), dim=-1)

@@ -4,15 +4,19 @@ For q = N(μ, σ²), applied elementwise, the estimators take the standard-norma
 argument (so both can be fed the same draws) and return one gradient estimate per draw, so
 that their means and variances can be measured. The closed-form variances are those of
 f(z) = z² and the derivative in μ, the chapter's worked example.
+
+Chapter 7 adds the gradient of the importance-weighted bound, standard and doubly
+reparameterized (DReG), and the signal-to-noise ratio of a gradient estimator.
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from course_code import arguments
-from course_code.distributions import kl_standard_normal, log_normal, reparameterize
+from course_code import arguments, objectives
+from course_code.distributions import kl_standard_normal, log_normal, log_standard_normal, reparameterize
 
 ScalarFn = Callable[[Tensor], Tensor]  # elementwise f(z)
 
@@ -130,3 +134,55 @@ def gradient_samples(objective: Callable[[], Tensor], params: Sequence[Tensor], 
         grads = torch.autograd.grad(objective(), params)
         rows.append(torch.cat([g.reshape(-1) for g in grads]))
     return torch.stack(rows)
+
+
+# --- Importance-weighted bounds: the standard and the doubly reparameterized gradient (chapter 7) ---
+
+IWAE_ESTIMATORS = ("iwae", "dreg")
+
+
+def iwae_surrogate(
+    log_lik: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    n_samples: int,
+    estimator: str = "iwae",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The IWAE bound log (1/K) Σ_k w_k per datapoint, whose gradient is the chosen estimator's (chapter 7, eq. `eq-iwae-gradient`).
+
+    ``"iwae"`` differentiates the bound itself: Σ_k w̃_k ∇ log w_k, with normalized weights w̃_k.
+    ``"dreg"`` gives the decoder the same gradient and the encoder (through μ, log σ²) the doubly
+    reparameterized one, Σ_k w̃_k² ∂log w_k/∂z_k · ∂z_k/∂φ, where log q in log w_k is held fixed in φ
+    (Tucker et al., 2019; eq. `eq-dreg`). The value is the bound in both cases; the prior is N(0, I).
+    """
+    if estimator not in IWAE_ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {IWAE_ESTIMATORS}")
+    objectives._check_q(log_lik, x, mu, logvar)
+    z = reparameterize(mu, logvar, arguments.integer("n_samples", n_samples), generator)  # (K, B, d)
+
+    def log_w(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        return objectives.checked_log_lik(log_lik, x, z) + log_standard_normal(z) - log_normal(z, mu, logvar)
+
+    if estimator == "iwae":
+        return torch.logsumexp(log_w(z, mu, logvar), dim=0) - math.log(n_samples)
+    with torch.no_grad():
+        log_w_value = log_w(z, mu, logvar)
+        weights = torch.softmax(log_w_value, dim=0)  # w̃_k, constants for the gradient
+        bound = torch.logsumexp(log_w_value, dim=0) - math.log(n_samples)
+    z_fixed = z.detach()
+    z_scaled = z_fixed + weights[..., None] * (z - z_fixed)  # the value of z; its path to φ is scaled by w̃_k
+    surrogate = (weights * log_w(z_scaled, mu.detach(), logvar.detach())).sum(0)
+    return surrogate - surrogate.detach() + bound
+
+
+def gradient_snr(samples: Tensor) -> Tensor:
+    """Signal-to-noise ratio |mean| / standard deviation of each column of gradient ``samples`` (R, P) (Rainforth et al., 2018).
+
+    A column that is always exactly 0 (a parameter the objective does not reach) has no SNR: nan.
+    """
+    arguments.tensor("samples", samples, 2, "(repeats, parameters)")
+    if len(samples) < 2:
+        raise ValueError(f"samples must hold at least 2 gradient estimates (rows), got {len(samples)}")
+    return samples.mean(0).abs() / samples.std(0)

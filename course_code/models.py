@@ -107,6 +107,18 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
+def made_masks(n: int, hidden: Sequence[int]) -> list[Tensor]:
+    """The 0/1 masks of a MADE over ``n`` ordered inputs (Germain et al., 2015): output i depends only on inputs 1, …, i − 1.
+
+    Inputs get degrees 1, …, n, hidden units degrees cycling through 1, …, n − 1; a hidden unit sees
+    the units of degree ≤ its own, an output of degree i those of degree < i. One mask per layer,
+    shapes (hidden[0], n), …, (n, hidden[-1]): the autoregressive decoder (chapter 6) and the IAF (chapter 8).
+    """
+    degrees = [torch.arange(1, n + 1)] + [torch.arange(h) % max(n - 1, 1) + 1 for h in hidden]
+    masks = [d_out[:, None] >= d_in[None, :] for d_in, d_out in zip(degrees[:-1], degrees[1:])]
+    return [*masks, degrees[0][:, None] > degrees[-1][None, :]]
+
+
 class AutoregressiveDecoder(nn.Module):
     """p_θ(x|z) = Π_i Bernoulli(x_i; sigmoid(f_θ(x_<i, z)_i)): a masked MLP over pixels, conditioned on z (chapter 6).
 
@@ -118,20 +130,15 @@ class AutoregressiveDecoder(nn.Module):
         super().__init__()
         if not hidden:
             raise ValueError("decoder_hidden must hold at least one width: the autoregressive decoder needs a hidden layer")
-        degrees = [torch.arange(1, x_dim + 1)]
-        degrees += [torch.arange(h) % max(x_dim - 1, 1) + 1 for h in hidden]
-        self.layers = nn.ModuleList(
-            MaskedLinear(len(d_in), len(d_out), d_out[:, None] >= d_in[None, :])
-            for d_in, d_out in zip(degrees[:-1], degrees[1:])
-        )
-        self.out = MaskedLinear(hidden[-1], x_dim, degrees[0][:, None] > degrees[-1][None, :])
+        *masks, out_mask = made_masks(x_dim, hidden)
+        self.layers = nn.ModuleList(MaskedLinear(mask.shape[1], mask.shape[0], mask) for mask in masks)
+        self.out = MaskedLinear(hidden[-1], x_dim, out_mask)
         self.z_in = nn.Linear(z_dim, hidden[0])
         self.z_out = nn.Linear(z_dim, x_dim)
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """Logits of every pixel given the pixels before it and z; ``x`` broadcasts against ``z``'s sample axis."""
-        x = x.expand(*z.shape[:-1], x.shape[-1])
-        h = torch.relu(self.layers[0](x) + self.z_in(z))
+        h = torch.relu(self.layers[0](x) + self.z_in(z))  # x's part once per datapoint, not once per sample of z
         for layer in self.layers[1:]:
             h = torch.relu(layer(h))
         return self.out(h) + self.z_out(z)

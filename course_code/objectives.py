@@ -142,6 +142,12 @@ def log_mean_exp_chunked(draw_log_weights: Callable[[int], Tensor], n_samples: i
     return torch.logsumexp(torch.stack(partial), dim=0) - math.log(n_samples)
 
 
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """(Σ_k w_k)² / Σ_k w_k² from log-weights of shape (K, B): between 1 (one weight dominates) and K (all equal) (chapter 7)."""
+    arguments.tensor("log_w", log_w, 2, "(K, B)")
+    return torch.exp(2 * torch.logsumexp(log_w, dim=0) - torch.logsumexp(2 * log_w, dim=0))
+
+
 @torch.no_grad()
 def log_px_estimate(
     log_lik: LogLik,

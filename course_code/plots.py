@@ -26,11 +26,13 @@ COLORS = {
 }
 
 
-# The book's text column is 688 CSS pixels wide on a desktop. A figure drawn TEXT_WIDTH inches wide
-# at DPI dots per inch is shown at its own size there, so a font of F points is F / 72 * DPI pixels
-# tall on the page: the smallest font of the style, 9 points, is 12.5 px (tests/test_browser.py wants
-# at least 9 px). Give a figure of several panels the full width and more height, never more width.
-TEXT_WIDTH = 6.7
+# A figure is drawn TEXT_WIDTH inches wide at DPI dots per inch, so a font of F points is F / 72 * DPI
+# pixels tall in its PNG. On a desktop the book's column is 688 CSS pixels wide and the figure is shown
+# at its own 480 px; on a phone (390 px) the column is 358 px and the figure is scaled down by
+# 358 / 480. The style's smallest font, 9 points, is then 12.5 px on a desktop and 9.3 px on a phone
+# (tests/test_browser.py wants at least 9 px at both widths). A wider figure needs larger letters:
+# give a figure of several panels more height (panels stacked), never more width.
+TEXT_WIDTH = 4.8
 DPI = 100
 SMALLEST_FONT_KEY = "Smallest font"  # the PNG text chunk holding a figure's smallest font, in points
 
@@ -40,7 +42,7 @@ def use_style() -> None:
     light grid, no top/right spines; in a notebook, each PNG records its smallest font."""
     mpl.rcParams.update(
         {
-            "figure.figsize": (TEXT_WIDTH, 3.6),
+            "figure.figsize": (TEXT_WIDTH, 3.4),
             "figure.dpi": DPI,
             "savefig.dpi": DPI,
             "figure.constrained_layout.use": True,
@@ -124,7 +126,8 @@ def latent_scatter(z: Tensor, labels: Tensor | None = None, title: str = "Latent
         for c in np.unique(labels):
             pts = z[labels == c]
             ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.7, color=cmap(int(c) % 10), label=str(c))
-        ax.legend(title="digit", markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        # Below the axes, five to a row: beside them the legend would widen the figure.
+        ax.legend(title="digit", markerscale=2.5, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(title)
@@ -285,3 +288,56 @@ def gap_histogram(gaps: dict, title: str = "Gaps across datapoints", bins: int =
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def layer_kls(histories: dict, title: str = "KL per layer during training", ax=None):
+    """Per-epoch KL₁ and KL₂ (nats) of two-layer VAE training histories, one line style per history (chapter 10)."""
+    ax = _axis(ax)
+    for style, (name, history) in zip(("-", "--", ":", "-."), histories.items()):
+        epochs = np.arange(1, len(history["kl1"]) + 1)
+        ax.plot(epochs, history["kl1"], style, color=COLORS["kl"], label=f"KL$_1$, {name}")
+        ax.plot(epochs, history["kl2"], style, color=COLORS["prior"], label=f"KL$_2$, {name}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def against_k(ks, measured: dict, predicted: dict | None = None, ylabel: str = "", title: str = "", ax=None):
+    """Quantities measured at several numbers of importance samples K (points), with predictions (lines), on log-log axes (chapter 7)."""
+    ax = _axis(ax)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, values) in enumerate(measured.items()):
+        ax.plot(ks, np.asarray(values), "o-", ms=5, color=cmap(i), label=name)
+    for i, (name, values) in enumerate((predicted or {}).items()):
+        ax.plot(ks, np.asarray(values), "--", color=cmap(len(measured) + i), label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of importance samples K")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def latent_holes(axis: Tensor, log_q: Tensor, log_p: Tensor, hole: Tensor, title: str, ax=None):
+    """log₁₀ q(z)/p(z) on a square 2-D grid, the holes outlined in black and the prior's 90% region dashed (chapter 9).
+
+    ``axis`` holds the grid's n coordinates per dimension; ``log_q``, ``log_p`` and the boolean ``hole``
+    have one value per point of ``torch.cartesian_prod(axis, axis)``, shape (n·n,).
+    """
+    ax = _axis(ax)
+    n = len(axis)
+    ratio = ((log_q - log_p) / np.log(10)).reshape(n, n).T.detach().cpu().numpy()  # rows: z_2, columns: z_1
+    extent = (axis[0].item(), axis[-1].item(), axis[0].item(), axis[-1].item())
+    image = ax.imshow(ratio.clip(-3, 3), origin="lower", extent=extent, cmap="RdBu", vmin=-3, vmax=3)
+    ax.contour(axis.numpy(), axis.numpy(), hole.reshape(n, n).T.float().numpy(), levels=[0.5], colors="black", linewidths=1.2)
+    prior_mass = torch.softmax(log_p, 0).reshape(n, n).T.numpy()
+    heights = np.sort(prior_mass.ravel())[::-1]
+    level = heights[np.searchsorted(np.cumsum(heights), 0.9)]  # the region of highest density holding 90% of p(z)
+    ax.contour(axis.numpy(), axis.numpy(), prior_mass, levels=[level], colors=COLORS["prior"], linestyles="--", linewidths=1.0)
+    ax.set(xlabel="$z_1$", ylabel="$z_2$", title=title)
+    ax.grid(False)
+    return ax, image

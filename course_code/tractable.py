@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from course_code import arguments
-from course_code.distributions import LOG_2PI, kl_standard_normal, log_normal, log_standard_normal
+from course_code.distributions import LOG_2PI, kl_normal_full, kl_standard_normal, log_normal, log_standard_normal
 
 
 class LinearGaussian:
@@ -75,12 +76,26 @@ class LinearGaussian:
         logvar = -torch.log(torch.diagonal(self.precision()))
         return mean, logvar.expand_as(mean)
 
+    def _expected_log_lik(self, x: Tensor, mu: Tensor, trace: Tensor) -> Tensor:
+        """E_q[log p(x|z)] for a q with mean μ, given tr(WᵀW Cov_q) (the only way q's covariance enters)."""
+        residual = x - self.b - mu @ self.W.T
+        return -0.5 * (self.x_dim * (LOG_2PI + self.logvar_x) + ((residual**2).sum(-1) + trace) / self.var_x)
+
     def elbo(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
         """The exact ELBO of q = N(μ, diag σ²): E_q[log p(x|z)] − KL(q ‖ p(z)) in closed form (eq. `eq-elbo-rec-kl`)."""
-        residual = x - self.b - mu @ self.W.T
         trace = (torch.exp(logvar) * (self.W**2).sum(0)).sum(-1)  # tr(WᵀW diag σ²)
-        rec = -0.5 * (self.x_dim * (LOG_2PI + self.logvar_x) + ((residual**2).sum(-1) + trace) / self.var_x)
-        return rec - kl_standard_normal(mu, logvar)
+        return self._expected_log_lik(x, mu, trace) - kl_standard_normal(mu, logvar)
+
+    def best_full_q(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The full-covariance Gaussian closest to p(z|x): the posterior itself, as its means (B, d) and Cholesky factors (B, d, d) (chapter 8)."""
+        mean, cov = self.posterior(x)
+        return mean, torch.linalg.cholesky(cov).expand(len(mean), self.z_dim, self.z_dim)
+
+    def elbo_full(self, x: Tensor, mu: Tensor, scale_tril: Tensor) -> Tensor:
+        """The exact ELBO of q = N(μ, LLᵀ) with L of shape (B, d, d) or (d, d), in closed form (chapter 8, eq. `eq-elbo-full`)."""
+        self._check_x(x)
+        trace = ((self.W @ scale_tril) ** 2).sum((-2, -1))  # tr(WᵀW LLᵀ) = ‖WL‖²_F
+        return self._expected_log_lik(x, mu, trace) - kl_normal_full(mu, scale_tril)
 
     def kl_to_posterior(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
         """KL(q ‖ p(z|x)) for q = N(μ, diag σ²), in closed form: the gap log p(x) − ELBO (chapter 2)."""
@@ -94,6 +109,24 @@ class LinearGaussian:
             + torch.logdet(cov)
             - logvar.sum(-1)
         )
+
+    def chi_square(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """χ²(p(z|x) ‖ q) = E_q[(p(z|x)/q(z))²] − 1 for q = N(μ, diag σ²), in closed form (chapter 7, eq. `eq-chi-square`).
+
+        It is the relative variance of the importance weight p(x, z)/q(z) under q; it is infinite
+        (``inf``) when 2Λ − diag(1/σ²) is not positive definite, that is when q's tails are too light.
+        """
+        mean, _ = self.posterior(x)
+        precision = self.precision()
+        q_precision = torch.diag_embed(torch.exp(-logvar))  # (B, d, d)
+        a = 2 * precision - q_precision
+        b = 2 * mean @ precision - mu * torch.exp(-logvar)  # (B, d)
+        chol, info = torch.linalg.cholesky_ex(a)
+        c = torch.logdet(precision) + 0.5 * logvar.sum(-1) - ((mean @ precision) * mean).sum(-1)
+        c = c + 0.5 * (mu**2 * torch.exp(-logvar)).sum(-1)
+        quadratic = (b * torch.cholesky_solve(b[..., None], chol)[..., 0]).sum(-1)
+        log_second_moment = 0.5 * quadratic + c - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return torch.where(info == 0, torch.expm1(log_second_moment), torch.inf)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw n pairs (x, z) from the joint p(z) p(x|z)."""
@@ -166,5 +199,29 @@ def elbo_on_grid(log_joint: Tensor, grid: Tensor, mu: Tensor, logvar: Tensor) ->
             f"need log_joint (G, B), grid (G, d) and mu, logvar (B, d); got log_joint {tuple(log_joint.shape)}, "
             f"grid {tuple(grid.shape)}, mu {tuple(mu.shape)}"
         )
-    log_q = torch.log_softmax(log_normal(grid[:, None, :].to(mu.dtype), mu, logvar), dim=0)  # (G, B)
+    return elbo_on_grid_log_q(log_joint, log_normal(grid[:, None, :].to(mu.dtype), mu, logvar))
+
+
+def elbo_on_grid_log_q(log_joint: Tensor, log_q: Tensor) -> Tensor:
+    """The ELBO on a grid of any q given by log q(z_g) (up to a constant) at the grid points, both (G, B); shape (B,) (chapter 8).
+
+    q is discretized to q̃_g = q(z_g) / Σ_g' q(z_g'), as in :func:`elbo_on_grid`, so
+    log p(x) − ELBO = KL(q̃ ‖ p̃(z|x)) ≥ 0 for a flow's q as for a Gaussian one.
+    """
+    if log_q.shape != log_joint.shape:
+        raise ValueError(f"log_q must have the shape (G, B) of log_joint, {tuple(log_joint.shape)}; got {tuple(log_q.shape)}")
+    log_q = torch.log_softmax(log_q, dim=0)
     return (log_q.exp() * (log_joint - log_q)).sum(0)
+
+
+def bernoulli_log_lik_table(logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x_b | z_g) for a Bernoulli decoder with logits (G, D) at G latent points and data x (B, D): shape (G, B) (chapter 9).
+
+    log p(x|z) = Σ_i x_i log σ(l_i) + (1 − x_i) log σ(−l_i) is linear in x, so the whole table is two
+    matrix products: the decoder runs once per grid point, not once per (grid point, datapoint) pair.
+    """
+    arguments.tensor("logits", logits, 2, "(G, D)")
+    arguments.tensor("x", x, 2, "(B, D)")
+    if logits.shape[-1] != x.shape[-1]:
+        raise ValueError(f"logits have {logits.shape[-1]} pixels and x has {x.shape[-1]}: they must match")
+    return F.logsigmoid(logits) @ x.T + F.logsigmoid(-logits) @ (1 - x).T

@@ -5,8 +5,10 @@
 It trains ``models.VAE`` with :func:`course_code.training.fit`, prints the test ELBO and an
 importance-sampled test log-likelihood log p(x) in nats (chapter 4, eq. `eq-log-px-is`), and
 saves the model (``model.pt``, read it back with ``training.load``) and a PNG of
-reconstructions and samples (``samples.png``) into ``--out``. ``--device cuda`` (or ``mps``)
-trains and evaluates on a GPU when there is one.
+reconstructions and samples (``samples.png``) into ``--out``. Each epoch prints its ELBO, its
+time and the samples per second; ``--threads`` sets torch's threads (default: ``$COURSE_THREADS``
+if set, else every core) and ``--device cuda`` (or ``mps``) trains and evaluates on a GPU when
+there is one.
 
 The output folder is created and checked before anything else. Both outputs are written under
 temporary names as soon as training ends and renamed into place together, so ``--out`` never
@@ -20,6 +22,7 @@ import math
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--iw-samples", type=positive_int, default=1000, help="importance samples per test image for log p(x) (default 1000)"
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to train and evaluate (default cpu)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None,
+        help=f"torch's CPU threads (default: $COURSE_THREADS if set, else all {os.cpu_count()} cores)",
+    )
     args = parser.parse_args(argv)
     if args.data_dir is not None and args.dataset != "mnist":
         parser.error("--data-dir is for --dataset mnist")
@@ -103,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--device {args.device}: torch {torch.__version__} sees no {args.device} device here; use --device cpu")
     if args.out is None:
         args.out = Path("runs") / args.dataset
+    if args.threads is None:
+        args.threads = int(os.environ.get("COURSE_THREADS") or os.cpu_count() or 1)
     return args
 
 
@@ -131,15 +140,20 @@ def remove_empty(folders: list[Path]) -> None:
             return
 
 
-@torch.no_grad()
-def mean_log_px(model: models.VAE, x: torch.Tensor, n_samples: int, seed: int, progress: bool) -> float:
-    """The average importance-sampled log p(x) over ``x``, a hundred images at a time to bound memory."""
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    chunks = x.split(100)
-    total = 0.0
-    for chunk in training.progress_bar(chunks, len(chunks), "log p(x)", progress):
-        total += model.log_px(chunk, n_samples=n_samples, generator=generator).sum().item()
-    return total / len(x)
+def epoch_printer(epochs: int, n: int):
+    """An ``on_epoch`` callback for ``training.fit`` that prints each epoch's ELBO, seconds and samples per second."""
+    previous = [0.0]  # the cumulative training time at the end of the previous epoch
+
+    def report(epoch: int, record: dict) -> None:
+        seconds = record["time"] - previous[0]
+        previous[0] = record["time"]
+        print(
+            f"epoch {epoch:>{len(str(epochs))}}/{epochs}  ELBO {record['elbo']:9.2f}  "
+            f"{seconds:7.2f} s  {n / seconds:10,.0f} samples/s",
+            flush=True,
+        )
+
+    return report
 
 
 def save_figure(model: models.VAE, dataset: data.Dataset, path: Path, seed: int) -> None:
@@ -223,16 +237,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, outputs: Outputs) -> int:
     """Load the data, train, write both outputs under temporary names, evaluate, then rename the outputs into place."""
-    course_code.setup(args.seed, dtype=getattr(torch, args.dtype))
+    course_code.setup(args.seed, dtype=getattr(torch, args.dtype), threads=args.threads)
     dataset = data.load(args.dataset, binarize=args.binarize, mnist=args.data_dir)  # the course's fixed split
     print(f"{dataset!r}")
     torch.manual_seed(args.seed)
     model = models.VAE(dataset.dim, args.latent_dim, args.hidden)
     progress = training.show_progress(None)
-    training.fit(
+    print(f"training on {args.device} with {torch.get_num_threads()} thread(s)")
+    history = training.fit(
         model, dataset.x_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         dynamic_binarization=args.binarize == "dynamic", seed=args.seed, device=args.device, progress=progress,
+        on_epoch=epoch_printer(args.epochs, len(dataset.x_train)),
     )
+    seconds = history["time"][-1]
+    print(f"trained in {seconds:.1f} s: {args.epochs * len(dataset.x_train) / seconds:,.0f} samples/s on average")
     model.to("cpu")
     model_path, figure_path = args.out / "model.pt", args.out / "samples.png"
     model_tmp, figure_tmp = training.temporary_name(model_path), training.temporary_name(figure_path)
@@ -248,10 +266,13 @@ def run(args: argparse.Namespace, outputs: Outputs) -> int:
     x_test = dataset.x_test.to(args.device)
     torch.manual_seed(args.seed)
     elbo = training.evaluate(model, x_test)["elbo"]
-    log_px = mean_log_px(model, x_test, args.iw_samples, args.seed, progress)
+    start = time.perf_counter()
+    log_px = training.log_px(model, x_test, args.iw_samples, args.seed, progress=progress).mean().item()
+    seconds = time.perf_counter() - start
     outputs.publish()
     print(f"test ELBO     {elbo:9.2f} nats per image")
     print(f"test log p(x) {log_px:9.2f} nats per image (importance sampling, K = {args.iw_samples:,})")
+    print(f"evaluated in {seconds:.1f} s: {len(x_test) / seconds:,.0f} test images/s at K = {args.iw_samples:,}")
     print(f"saved {model_path} and {figure_path}")
     return 0
 

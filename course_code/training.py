@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from course_code import arguments, models
+from course_code import arguments, hierarchical, models
 from course_code.data import check_probabilities
 from course_code.distributions import NonFiniteError
 
@@ -148,6 +148,7 @@ def fit(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` on the rows of ``x`` with Adam; return the per-epoch history.
 
@@ -155,7 +156,8 @@ def fit(
     ``dynamic_binarization`` each epoch trains on a fresh Bernoulli draw of the grey levels.
     The history holds, per epoch, the batch averages of the model's statistics (for a VAE:
     ``elbo``, ``rec``, ``kl``), the mean ``kl_weight``, the cumulative wall ``time`` in seconds
-    and, given ``x_test``, ``test_elbo``. The same seed gives bit-for-bit the same run.
+    and, given ``x_test``, ``test_elbo``; ``on_epoch(epoch, record)`` is called with each epoch's
+    line as soon as it is complete. The same seed gives bit-for-bit the same run.
     """
     check_training_data(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     if x_test is not None:
@@ -194,6 +196,8 @@ def fit(
         record = epoch_record(sums, len(x), weights / len(x), start, model, x_test)
         for key, value in record.items():
             history.setdefault(key, []).append(value)
+        if on_epoch is not None:
+            on_epoch(epoch, record)
     model.eval()
     return history
 
@@ -210,6 +214,19 @@ def evaluate(model: nn.Module, x: Tensor, batch_size: int = 1000) -> dict[str, f
         add_stats(sums, model.loss(chunk)[1], len(chunk))
     model.train(was_training)
     return {key: total / len(x) for key, total in sums.items()}
+
+
+@torch.no_grad()
+def log_px(
+    model: nn.Module, x: Tensor, n_samples: int = 1000, seed: int = 0, batch_size: int = 100, progress: bool = False
+) -> Tensor:
+    """Importance-sampled log p(x) of every row of ``x`` (K = ``n_samples``), ``batch_size`` rows at a time to bound memory."""
+    check_data("x", model, x)
+    arguments.integer("batch_size", batch_size)
+    generator = torch.Generator(device=x.device).manual_seed(arguments.integer("seed", seed, minimum=0))
+    chunks = x.split(batch_size)
+    values = [model.log_px(chunk, n_samples=n_samples, generator=generator) for chunk in progress_bar(chunks, len(chunks), "log p(x)", progress)]
+    return torch.cat(values)
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -236,7 +253,7 @@ def temporary_name(path: Path) -> Path:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by :func:`save`, in the floating-point type it was saved in."""
     checkpoint = torch.load(Path(path), map_location=device, weights_only=True)
-    cls = models.MODELS.get(checkpoint.get("class"))
+    cls = {**models.MODELS, **hierarchical.MODELS}.get(checkpoint.get("class"))
     if cls is None:
         raise ValueError(f"{path} holds an unknown model class {checkpoint.get('class')!r}")
     model = cls(**checkpoint["config"])

@@ -5,25 +5,29 @@ For every page in the table of contents: the equations are typeset by the book's
 machine, and a notebook page offers its download, Binder and Colab buttons. On a page with exercises,
 a solution dropdown opens on click.
 
-At a desktop width (1280 px): no equation, table or figure is wider than the column that holds it,
-and the text in every figure is at least 9 px tall as shown. At a phone width (390 px): the page never
-scrolls sideways and no table or figure is wider than its column. At both widths a printed output,
-and on a phone a display equation, too long for its column scrolls in its own box instead of being
-cut off (see `tolerated`).
-At both widths the sidebar toggle opens the table of contents and the "Contents" button (or the wide
-window itself) shows the page's outline; every link inside the book leads to a page and an anchor
-that exist. A full-page screenshot of every page at both widths lands in _build/screenshots/.
+At a desktop width (1280 px) and a phone width (390 px): no display equation, inline formula, table
+or figure is wider than the column that holds it, the page never scrolls sideways, and the text in
+every figure is at least 9 px tall as shown. On a desktop no printed output is wider than its box (at
+most 78 characters a line, 75 inside a solution); on a phone an output may scroll in its own box, as
+code does (39 characters fit). At both widths the sidebar toggle opens the table of contents and the
+"Contents" button (or the wide window itself) shows the page's outline; every link inside the book
+leads to a page and an anchor that exist. The search page, served over HTTP as a web host serves it,
+shows its snippets' formulas typeset. A full-page screenshot of every page at both widths lands in
+_build/screenshots/.
 
 The test reads the book that `make test` builds first (_build/html; BOOK_HTML names another build).
 It needs Debian's Chromium (/usr/bin/chromium, installed by .ci/run) and Playwright's Python package;
 without a browser it is skipped, except under CI, where it fails.
 """
 
+import functools
+import http.server
 import json
 import os
 import re
 import shutil
 import struct
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -272,12 +276,9 @@ def png_facts(path: Path) -> tuple[float | None, dict]:
 
 
 def tolerated(kind: str, item: dict, width: int) -> bool:
-    """What may be wider than its column for now: a printed output that scrolls in its own box (some
-    lines still pass 80 columns), and on a phone a display equation that scrolls in its own box or
-    an inline formula longer than the screen is wide."""
-    if kind == "outputs":
-        return item["scrolls"]
-    return kind == "equations" and width == PHONE and (item["scrolls"] or item.get("inline", False))
+    """What may be wider than its column: on a phone, a printed output that scrolls in its own box
+    (a line of 39 characters fills it, so a printed table cannot fit)."""
+    return kind == "outputs" and width == PHONE and item["scrolls"]
 
 
 @pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
@@ -295,11 +296,13 @@ def test_fits_the_column(open_page, docname, width):
     assert not too_wide, f"wider than their column at {width} px: {json.dumps(too_wide, ensure_ascii=False)}"
 
 
+@pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
 @pytest.mark.parametrize("docname", PAGES, ids=page_id)
-def test_figure_text_is_legible(open_page, docname):
-    """Letters at least SMALLEST_TEXT_PX tall as shown on a desktop: a figure's smallest font (which
-    course_code.plots records in the PNG) times its dpi, scaled by the width it is shown at."""
-    page, _ = open_page(docname)
+def test_figure_text_is_legible(open_page, docname, width):
+    """Letters at least SMALLEST_TEXT_PX tall as shown: a figure's smallest font (which course_code.plots
+    records in the PNG) times its dpi, scaled by the width it is shown at. On a phone the column is 358 px
+    wide, so a figure drawn wider than that is shown smaller than it was drawn."""
+    page, _ = open_page(docname, width)
     small = []
     for figure in page.evaluate(FIGURES):
         path = Path(url2pathname(urlparse(figure["src"]).path))
@@ -311,7 +314,7 @@ def test_figure_text_is_legible(open_page, docname):
         shown = float(text[SMALLEST_FONT_KEY]) / 72 * dpi * figure["shown"] / figure["natural"]
         if shown < SMALLEST_TEXT_PX:
             small.append(f"{name}: {shown:.1f} px text ({figure['natural']} px drawn, shown {figure['shown']:.0f} px wide)")
-    assert not small, f"figures whose text is smaller than {SMALLEST_TEXT_PX} px: {small}"
+    assert not small, f"figures whose text is smaller than {SMALLEST_TEXT_PX} px at {width} px: {small}"
 
 
 @pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
@@ -357,3 +360,45 @@ def test_internal_links_resolve(open_page):
             elif url.fragment and target.suffix == ".html" and f'id="{url.fragment}"' not in target.read_text():
                 broken.append(f"{docname} -> {target.name}#{url.fragment}")
     assert not broken, f"links to missing pages or anchors: {broken}"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def served_book():
+    """The built book served over HTTP on this machine, as a web host serves it: the search page fetches
+    each result's page to quote it, which a browser refuses to do from file://."""
+    if not (HTML / "search.html").exists():
+        pytest.skip(f"the book is not built ({HTML / 'search.html'} is missing)")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(HTML)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+SNIPPETS = """() => [...document.querySelectorAll("#search-results li")].map(li => {
+  const copy = li.cloneNode(true);
+  copy.querySelectorAll("mjx-container").forEach(math => math.remove());
+  return {text: copy.textContent, formulas: li.querySelectorAll("mjx-container").length};
+})"""
+
+
+def test_search_snippets_show_typeset_math(browser_context, served_book):
+    """The snippet under each search result quotes the page: its formulas are typeset, not TeX."""
+    page = browser_context.new_page()
+    try:
+        page.route(re.compile(r"^(https?|wss?)://"),
+                   lambda route: route.continue_() if route.request.url.startswith(served_book) else route.abort())
+        page.goto(f"{served_book}/search.html?q=ELBO", wait_until="load")
+        page.wait_for_function("document.querySelectorAll('#search-results p.context').length >= 5", timeout=20000)
+        page.wait_for_timeout(500)  # the last pages' snippets
+        snippets = page.evaluate(SNIPPETS)
+    finally:
+        page.close()
+    raw = [s["text"][:120] for s in snippets if UNRENDERED.search(s["text"])]
+    assert not raw, f"search snippets showing TeX: {raw}"
+    assert sum(s["formulas"] for s in snippets) > 0, "no snippet shows a typeset formula"

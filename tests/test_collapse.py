@@ -115,6 +115,32 @@ def test_leaving_aggressive_mode_looks_only_at_the_validation_data(monkeypatch):
     assert len(seen) == 2 and all(d is x_val for d in seen)
 
 
+@pytest.mark.parametrize("aggressive", [False, True], ids=["standard", "aggressive"])
+def test_without_tracking_the_diagnostics_are_measured_only_while_aggressive_mode_needs_them(monkeypatch, aggressive):
+    x, x_val = tiny_data(), tiny_data(32, 1)
+    models_, histories = [], []
+    for track in (True, False):
+        mi = iter([0.5, 1.0, 0.9, 2.0])  # MI falls after epoch 3: aggressive mode ends there
+        calls = []
+
+        def diagnostics(model, data, generator=None):
+            calls.append(1)
+            return {"kl": 1.0, "mi": next(mi), "au": 1.0}
+
+        monkeypatch.setattr(collapse, "latent_diagnostics", diagnostics)
+        model = tiny_vae()
+        histories.append(collapse.aggressive_fit(model, x, x_val, aggressive=aggressive, epochs=4, batch_size=48,
+                                                 max_inner_steps=4, window=2, track=track))
+        models_.append(params(model))
+        histories[-1]["calls"] = len(calls)
+    tracked, untracked = histories
+    assert tracked["calls"] == 4 and untracked["calls"] == (3 if aggressive else 0)
+    assert untracked.get("mi", []) == tracked["mi"][:untracked["calls"]]
+    for key in ("elbo", "val_elbo", "aggressive", "inner_steps"):
+        assert untracked[key] == tracked[key], key
+    assert all(torch.equal(a, b) for a, b in zip(*models_)), "measuring does not change the training run"
+
+
 def test_a_decoder_trained_with_its_code_stays_below_the_collapsed_optimum():
     pixels = torch.cartesian_prod(*[torch.tensor([0.0, 1.0])] * 3)
     p_data = torch.softmax(torch.randn(8, generator=torch.Generator().manual_seed(0)), 0)

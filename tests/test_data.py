@@ -1,6 +1,5 @@
 """course_code.data: the embedded digits, binarization, and MNIST from a local copy, the original files or (simulated) offline."""
 
-import os
 import socket
 import struct
 import time
@@ -264,20 +263,13 @@ def test_course_mnist_is_named_only_when_it_was_used(tmp_path, monkeypatch):
 
 # ---- the four original files (md5-checked), from $COURSE_MNIST --------------------------------
 
-REAL_MNIST = os.environ.get("COURSE_MNIST")  # read at import: the fixtures above unset it for each test
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # digits 0–9 in MNIST's training set
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(scope="module")
-def originals():
-    """The folder of the four original .gz files: skipped where there is none, a failure under CI."""
-    if REAL_MNIST and REAL_MNIST != "download" and all((Path(REAL_MNIST) / name).is_file() for name in data.MNIST_FILES):
-        return Path(REAL_MNIST)
-    reason = f"needs COURSE_MNIST set to a folder holding {', '.join(data.MNIST_FILES)} (got {REAL_MNIST!r})"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+def originals(mnist_originals):
+    return mnist_originals
 
 
 def linked_copy(originals, folder):

@@ -168,3 +168,56 @@ def test_bernoulli_targets_outside_unit_interval_are_a_value_error(value):
     x[0, 1] = value
     with pytest.raises(ValueError, match=r"Bernoulli targets must lie in \[0, 1\]"):
         D.log_bernoulli(x, torch.zeros(2, 3))
+
+
+# ---- full-covariance Gaussians (chapter 8) ----------------------------------------------------
+
+def random_tril(d: int, seed: int, batch=()):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(*batch, d, d, generator=g)
+    return torch.linalg.cholesky(A @ A.transpose(-2, -1) + 0.5 * torch.eye(d))
+
+
+def test_log_normal_full_equals_torch_multivariate_normal():
+    from torch.distributions import MultivariateNormal
+
+    mu, L = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), random_tril(3, 1, (5,))
+    x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(2))  # a sample axis in front
+    expected = MultivariateNormal(mu, scale_tril=L).log_prob(x)
+    torch.testing.assert_close(D.log_normal_full(x, mu, L), expected)
+    torch.testing.assert_close(D.log_normal_full(x, mu, random_tril(3, 3)), MultivariateNormal(mu, scale_tril=random_tril(3, 3)).log_prob(x))
+
+
+def test_log_normal_full_with_a_diagonal_factor_is_log_normal():
+    mu, logvar = gaussian_pair(4)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(D.log_normal_full(x, mu, torch.diag_embed(torch.exp(0.5 * logvar))), D.log_normal(x, mu, logvar))
+
+
+def test_kl_normal_full_equals_torch_distributions_with_and_without_a_prior():
+    from torch.distributions import MultivariateNormal
+
+    mu_q, L_q = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), random_tril(4, 1, (6,))
+    mu_p, L_p = torch.randn(4, generator=torch.Generator().manual_seed(2)), random_tril(4, 3)
+    q = MultivariateNormal(mu_q, scale_tril=L_q)
+    torch.testing.assert_close(D.kl_normal_full(mu_q, L_q, mu_p, L_p), kl_divergence(q, MultivariateNormal(mu_p, scale_tril=L_p)))
+    standard = MultivariateNormal(torch.zeros(4), torch.eye(4))
+    torch.testing.assert_close(D.kl_normal_full(mu_q, L_q), kl_divergence(q, standard))
+
+
+def test_reparameterize_full_has_the_mean_and_covariance_of_the_gaussian():
+    mu, L = torch.tensor([1.0, -2.0]), random_tril(2, 7)
+    z = D.reparameterize_full(mu, L, 200_000, torch.Generator().manual_seed(8))
+    assert z.shape == (200_000, 2)
+    cov = L @ L.T
+    se_mean = (cov.diagonal() / 200_000).sqrt()
+    assert ((z.mean(0) - mu).abs() < 5 * se_mean).all()
+    torch.testing.assert_close(torch.cov(z.T), cov, atol=0.03 * cov.abs().max().item(), rtol=0)
+
+
+def test_full_covariance_functions_name_a_bad_factor():
+    mu = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="scale_tril must have shape"):
+        D.log_normal_full(mu, mu, torch.eye(2))
+    with pytest.raises(ValueError, match="positive diagonal"):
+        D.kl_normal_full(mu, -torch.eye(3))

@@ -171,3 +171,129 @@ def test_bad_inputs():
         gradients.elbo_surrogate(None, torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), "reinforce")
     with pytest.raises(ValueError, match="repeats"):
         gradients.gradient_samples(lambda: torch.zeros(()), [], 0)
+
+
+# --- The gradient of the importance-weighted bound: standard and doubly reparameterized (chapter 7) ---
+
+from course_code import objectives  # noqa: E402
+from course_code.distributions import log_standard_normal  # noqa: E402
+from course_code.tractable import LinearGaussian  # noqa: E402
+
+
+def iwae_setup(seed=0, z_dim=2):
+    """A linear-Gaussian decoder whose W is a parameter, two datapoints, and a q that is not the posterior."""
+    model = LinearGaussian.random(x_dim=4, z_dim=z_dim, noise_std=0.8, seed=seed)
+    x = model.sample(2, gen(seed + 1))[0]
+    W = model.W.clone().requires_grad_(True)
+    mean, _ = model.posterior(x)
+    mu = (mean + 0.3).requires_grad_(True)
+    logvar = torch.full_like(mean, -0.5).requires_grad_(True)
+
+    def log_lik(x, z):
+        return log_normal(x, z @ W.T + model.b, model.logvar_x)
+
+    return model, x, log_lik, W, mu, logvar
+
+
+def encoder_gradients(surrogate, n_samples, repeats, seed=0, setup=None):
+    """``repeats`` independent estimates of the gradient in (μ, log σ²), one row each, from one vectorized call.
+
+    Every datapoint is repeated ``repeats`` times with its own copy of (μ, log σ²), so the gradient in
+    a copy is the estimate of one draw; the same seed gives the same draws to every estimator (paired).
+    """
+    model, x, log_lik, W, mu, logvar = setup or iwae_setup()
+    mu_r, logvar_r = (t.detach().repeat(repeats, 1).requires_grad_(True) for t in (mu, logvar))
+    value = surrogate(log_lik, x.repeat(repeats, 1), mu_r, logvar_r, n_samples, gen(seed)).sum()
+    return torch.cat([g.reshape(repeats, -1) for g in torch.autograd.grad(value, [mu_r, logvar_r])], dim=1)
+
+
+def estimator(name):
+    return lambda log_lik, x, mu, logvar, n_samples, generator: gradients.iwae_surrogate(
+        log_lik, x, mu, logvar, n_samples, name, generator
+    )
+
+
+def sticking_the_landing(log_lik, x, mu, logvar, n_samples, generator):
+    """Σ_k w̃_k log w_k with log q held fixed in φ (Roeder et al., 2017): unbiased for K = 1 only."""
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(n_samples, *mu.shape, generator=generator)
+    log_w = log_lik(x, z) + log_standard_normal(z) - log_normal(z, mu.detach(), logvar.detach())
+    return (torch.softmax(log_w.detach(), dim=0) * log_w).sum(0)
+
+
+
+
+
+@pytest.mark.parametrize("estimator", gradients.IWAE_ESTIMATORS)
+def test_iwae_surrogate_value_is_the_bound(estimator):
+    _, x, log_lik, _, mu, logvar = iwae_setup()
+    value = gradients.iwae_surrogate(log_lik, x, mu, logvar, 7, estimator, gen(3))
+    bound = objectives.iwae_bound(log_lik, x, mu, logvar, 7, generator=gen(3))
+    assert torch.allclose(value, bound, atol=1e-12)
+
+
+def test_dreg_is_unbiased_for_the_iwae_gradient_and_leaves_the_decoder_alone():
+    """Paired draws (the same seed): the mean difference of the two estimators is zero within 4 standard errors."""
+    repeats, K = 20_000, 5
+    standard, dreg = encoder_gradients(estimator("iwae"), K, repeats), encoder_gradients(estimator("dreg"), K, repeats)
+    difference = dreg - standard
+    se = difference.std(0) / math.sqrt(repeats)
+    assert torch.all(difference.mean(0).abs() <= 4 * se), (difference.mean(0), se)
+    assert torch.all(dreg.var(0) < standard.var(0))  # and here it is less noisy
+    _, x, log_lik, W, mu, logvar = iwae_setup()
+    for_decoder = {}
+    for name in gradients.IWAE_ESTIMATORS:  # the decoder's gradient is the standard one, draw by draw
+        g = gen(1)
+        for_decoder[name] = gradients.gradient_samples(
+            lambda: gradients.iwae_surrogate(log_lik, x, mu, logvar, K, name, g).sum(), [W], 20
+        )
+    assert torch.allclose(for_decoder["iwae"], for_decoder["dreg"], atol=1e-10)
+
+
+def test_the_same_bound_detects_a_biased_encoder_gradient():
+    """Sticking the landing drops a term that DReG keeps: for K = 5 its mean is off by many standard errors."""
+    repeats, K = 20_000, 5
+    difference = encoder_gradients(sticking_the_landing, K, repeats) - encoder_gradients(estimator("iwae"), K, repeats)
+    se = difference.std(0) / math.sqrt(repeats)
+    assert (difference.mean(0).abs() > 4 * se).any()
+
+
+def test_dreg_with_one_sample_is_unbiased_for_the_closed_form_elbo_gradient():
+    """K = 1: the bound is the ELBO, whose gradient in (μ, log σ²) the linear-Gaussian model gives exactly."""
+    model, x, log_lik, W, mu, logvar = iwae_setup()
+    exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(model.elbo(x, mu, logvar).sum(), [mu, logvar])])
+    for name in gradients.IWAE_ESTIMATORS:
+        assert_mean_close(encoder_gradients(estimator(name), 1, 20_000), exact)
+
+
+def test_dreg_encoder_gradient_vanishes_at_the_exact_posterior():
+    """With q = p(z|x) every log w_k equals log p(x): DReG's encoder gradient is 0 for every draw, the standard one is not."""
+    g = gen(5)
+    q, _ = torch.linalg.qr(torch.randn(4, 2, generator=g))
+    model = LinearGaussian(q * torch.tensor([2.0, 0.7]), torch.randn(4, generator=g), math.log(0.5))  # diagonal posterior
+    x = model.sample(3, g)[0]
+    mean, cov = model.posterior(x)
+    mu = mean.clone().requires_grad_(True)
+    logvar = torch.diagonal(cov).log().expand_as(mean).clone().requires_grad_(True)
+    setup = (model, x, model.log_likelihood, None, mu, logvar)
+    grads = {name: encoder_gradients(estimator(name), 10, 50, setup=setup) for name in gradients.IWAE_ESTIMATORS}
+    assert grads["dreg"].abs().max() < 1e-10
+    assert grads["iwae"].abs().max() > 1e-3
+
+
+def test_gradient_snr():
+    samples = torch.tensor([[1.0, -2.0], [3.0, -2.0 + 1e-3], [2.0, -2.0 - 1e-3]])
+    expected = torch.tensor([2.0 / 1.0, 2.0 / 1e-3])
+    assert torch.allclose(gradients.gradient_snr(samples), expected, rtol=1e-6)
+    assert gradients.gradient_snr(torch.zeros(4, 2)).isnan().all()  # a parameter the objective never reaches
+
+
+def test_iwae_gradient_bad_inputs():
+    _, x, log_lik, _, mu, logvar = iwae_setup()
+    with pytest.raises(ValueError, match="estimator"):
+        gradients.iwae_surrogate(log_lik, x, mu, logvar, 3, "reinforce")
+    with pytest.raises(ValueError, match="n_samples"):
+        gradients.iwae_surrogate(log_lik, x, mu, logvar, 0)
+    with pytest.raises(ValueError, match="at least 2"):
+        gradients.gradient_snr(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="samples"):
+        gradients.gradient_snr(torch.ones(3))

@@ -275,6 +275,90 @@ def test_the_grade_sheet_is_replaced_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["grades.csv"], "no temporary file is left behind"
 
 
+# --- one process for a submission's checks -----------------------------------------------------
+
+LEARNER = """\
+from course_code import distributions
+
+def kl_to_prior(mu, logvar):  # right, and it may use another check's reference
+    return distributions.kl_normal(mu, logvar)
+
+def kl_between(mu_q, logvar_q, mu_p, logvar_p):  # its own check's reference
+    return distributions.kl_normal(mu_q, logvar_q, mu_p, logvar_p)
+
+def kl_wrong(mu_q, logvar_q, mu_p, logvar_p):
+    return 0.5 * (mu_q - mu_p).pow(2).sum(-1)
+
+def kl_exits(mu, logvar):  # ends the process it is called in
+    import os
+    os._exit(3)
+"""
+
+
+def learner_functions(source: str) -> dict[str, str]:
+    """Functions defined in a learner's kernel, as the notebook's sandbox hands them to the grader."""
+    import base64
+
+    import cloudpickle
+
+    namespace = {"__name__": "__main__"}
+    exec(source, namespace)
+    return {name: base64.b64encode(cloudpickle.dumps(fn)).decode() for name, fn in namespace.items()
+            if callable(fn) and getattr(fn, "__module__", "") == "__main__"}
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The commands of the sandboxed processes started while the test runs."""
+    started, run = [], sandbox.run
+    monkeypatch.setattr(sandbox, "run", lambda command, *args, **kwargs: started.append(command[0]) or run(command, *args, **kwargs))
+    return started
+
+
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandboxed", "not sandboxed"])
+def test_a_submissions_checks_share_one_process_with_a_tripwire_each(tmp_path, calls, sandboxed):
+    if sandboxed:
+        require_sandbox()
+    functions = learner_functions(LEARNER)
+    verdicts, reasons = grading.run_checks({"kl_standard_normal": "kl_to_prior", "kl_normal": "kl_between",
+                                            "gaussian_log_likelihood": "log_likelihood"}, functions, tmp_path,
+                                           sandbox.Limits(), sandboxed)
+    assert verdicts == {"kl_standard_normal": "pass", "kl_normal": "fail", "gaussian_log_likelihood": "not attempted"}
+    assert reasons == ["kl_normal: your function calls the reference implementation (course_code.distributions.kl_normal) "
+                       "that this check compares with: write the computation yourself"]
+    assert calls == ["call"]
+
+
+def test_a_function_that_ends_the_shared_process_costs_the_others_nothing(tmp_path, calls):
+    require_sandbox()
+    functions = learner_functions(LEARNER)
+    verdicts, reasons = grading.run_checks({"kl_standard_normal": "kl_exits", "kl_normal": "kl_wrong"}, functions,
+                                           tmp_path, sandbox.Limits(), True)
+    assert verdicts == {"kl_standard_normal": "fail", "kl_normal": "fail"}
+    assert reasons[0].startswith(f"kl_standard_normal: your function did not finish in {checks.TIME_LIMIT:g} s")
+    assert reasons[1].startswith("kl_normal: ") and "did not finish" not in reasons[1], "graded in a process of its own"
+    assert calls == ["call", "call"]
+
+
+def test_a_call_process_that_cannot_start_fails_each_check_with_the_reason(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("no process for you")
+
+    monkeypatch.setattr(sandbox, "run", broken)
+    verdicts, reasons = grading.run_checks({"kl_standard_normal": "kl_to_prior", "kl_normal": "kl_wrong"},
+                                           learner_functions(LEARNER), tmp_path, sandbox.Limits(), False)
+    assert verdicts == {"kl_standard_normal": "fail", "kl_normal": "fail"}
+    assert reasons == [f"{c}: could not be graded: OSError: no process for you" for c in ("kl_standard_normal", "kl_normal")]
+
+
+@pytest.mark.parametrize("line", [b'{"returned": {"int": 1}}', b'[true, {"returned": {"int": 1}}]',
+                                  b'[0, {"returned": {"pickle": "gASV"}}]', b'[0]', b'not json'],
+                         ids=["no job", "job not a number", "not data", "no outcome", "not json"])
+def test_a_line_that_is_not_a_jobs_outcome_is_refused(line):
+    with pytest.raises(ValueError):
+        sandbox.decode_job_outcome(line)
+
+
 # --- what may come back from a sandbox -----------------------------------------------------------
 
 @pytest.mark.parametrize("value", [torch.arange(6.0).reshape(2, 3), torch.tensor([1, 2], dtype=torch.int64),

@@ -2,7 +2,7 @@
 
 The fixture chapter, built below, covers every form of solution: code between markers (twice in
 one cell, at two indentations), a solution code cell without markers, written answers in cells of
-their own and sharing a cell with the solution's opening or closing directive. Grading runs on a
+their own (one or several), never sharing a cell with the solution's directives. Grading runs on a
 folder of tiny submissions: solved, wrong, untouched, broken, malformed, empty, dying, endless.
 
 For the book's own notebooks, executing each student edition in full would double the time CI
@@ -22,6 +22,7 @@ import ast
 import contextlib
 import copy
 import csv
+import inspect
 import io
 import json
 import re
@@ -92,10 +93,13 @@ def fixture_chapter() -> nbformat.NotebookNode:
         new_markdown_cell(_start("ex-09-double")),
         new_code_cell("print(2 * x)"),
         new_markdown_cell(END),
-        new_markdown_cell(_exercise("ex-09-why", "Why") + "\n\n" + _start("ex-09-why")
-                          + "\n\nBecause the KL divergence is never negative."),
+        new_markdown_cell(_exercise("ex-09-why", "Why")),
+        new_markdown_cell(_start("ex-09-why")),
+        new_markdown_cell("Because the KL divergence is never negative."),
         new_markdown_cell("And it is zero only when q equals the prior."),
-        new_markdown_cell("Finally, it is convex.\n" + END + "\n\nText after the last solution."),
+        new_markdown_cell("Finally, it is convex."),
+        new_markdown_cell(END),
+        new_markdown_cell("Text after the last solution."),
         new_markdown_cell(_exercise("ex-09-scale", "Scale")),
         new_markdown_cell(_start("ex-09-scale")),
         new_code_cell(SCALE_SOLUTION),
@@ -197,13 +201,12 @@ def test_student_notebook_replaces_every_solution_by_a_stub():
     )
     assert cells[10].source == ('# TODO (exercise ex-09-double): write your code for this exercise in this cell.\n'
                                 'raise NotImplementedError("exercise ex-09-double")')
-    assert '\n        raise NotImplementedError("exercise ex-09-scale")' in cells[17].source
-    assert '\n    raise NotImplementedError("exercise ex-09-scale")' in cells[17].source
-    assert cells[17].source.endswith("print(double(1), triple(1))")
+    assert '\n        raise NotImplementedError("exercise ex-09-scale")' in cells[21].source
+    assert '\n    raise NotImplementedError("exercise ex-09-scale")' in cells[21].source
+    assert cells[21].source.endswith("print(double(1), triple(1))")
     prompt = student.PROMPT.format
-    assert cells[5].source == prompt(label="ex-09-kl") and cells[13].source == prompt(label="ex-09-why")
-    assert cells[12].source == _exercise("ex-09-why", "Why") + "\n\n" + _start("ex-09-why") + "\n" + prompt(label="ex-09-why")
-    assert cells[14].source == prompt(label="ex-09-why") + "\n" + END + "\n\nText after the last solution."
+    assert cells[5].source == prompt(label="ex-09-kl")
+    assert [c.source for c in cells[13:18]] == [_start("ex-09-why")] + [prompt(label="ex-09-why")] * 3 + [END]
     assert {label: [p.kind for p in pieces] for label, pieces in edition.pieces.items()} == {
         "ex-09-kl": ["text", "block"], "ex-09-double": ["cell"], "ex-09-why": ["text", "text", "text"],
         "ex-09-scale": ["block", "block"]}
@@ -245,11 +248,44 @@ def test_restore_refuses_solutions_that_do_not_fit():
     (["```{solution-start}\n```", END], "needs the label"),
     ([new_code_cell("# BEGIN SOLUTION\nx = 1\n# END SOLUTION")], "markers outside a solution"),
     ([_start("ex-1"), new_code_cell("# BEGIN SOLUTION\nx = 1"), END], "never closed by '# END SOLUTION'"),
+    ([_start("ex-1") + "\n\nMy answer.", END], "cell 1: this cell holds text besides {solution-start}"),
+    ([_exercise("ex-1", "One") + "\n" + _start("ex-1"), END], "cell 1: this cell holds text besides {solution-start}"),
+    ([_start("ex-1"), "My answer.\n" + END], "cell 2: this cell holds text besides {solution-end}"),
 ])
 def test_malformed_exercises_are_reported(cells, message):
     nb = new_notebook(cells=[c if isinstance(c, dict) else new_markdown_cell(c) for c in cells])
     with pytest.raises(book.ExerciseFormatError, match=re.escape(message)):
         student.student_notebook(nb, "bad.ipynb")
+
+
+def test_a_whole_cell_stub_keeps_the_line_that_says_what_to_compute():
+    nb = fixture_chapter()
+    nb.cells[10].source = "# print twice x\nprint(2 * x)"
+    edition = student.student_notebook(nb)
+    assert edition.notebook.cells[10].source == ("# print twice x\n# TODO (exercise ex-09-double): write your code for this "
+                                                 'exercise in this cell.\nraise NotImplementedError("exercise ex-09-double")')
+    assert sources(student.restore(edition.notebook, edition.pieces)) == sources(nb)
+
+
+def test_roles_become_plain_text_outside_solutions():
+    nb = fixture_chapter()
+    nb.cells[1].outputs = []
+    nb.cells.insert(2, new_markdown_cell("By {eq}`eq-kl`, {eq}`eq-far` and {glue:text}`n_digits` digits."))
+    nb.cells.insert(2, new_code_cell("glue('n_digits', 64)"))
+    nb.cells[2].outputs = [nbformat.v4.new_output("display_data", data={"application/papermill.record/text/plain": "64"},
+                                                  metadata={"scrapbook": {"name": "n_digits", "mime_prefix": ""}})]
+    edition = student.student_notebook(nb, "09_fixture.ipynb", equations={"eq-kl": "09_fixture.ipynb", "eq-far": "02_elbo.ipynb"})
+    assert edition.notebook.cells[3].source == "By (eq-kl), (eq-far) in 02_elbo.ipynb and 64 digits."
+    assert student.html_notebook(nb, "09_fixture.ipynb").cells[3].source == nb.cells[3].source, "Sphinx renders them"
+
+
+def test_quoting_an_exercise_result_before_the_exercise_is_refused():
+    nb = fixture_chapter()
+    nb.cells[6].source += "\nglue('kl_result', 1.5)"
+    nb.cells.insert(2, new_markdown_cell("The KL of the exercise is {glue:text}`kl_result`."))
+    with pytest.raises(book.ExerciseFormatError, match=r"cell 3: the text quotes \{glue:text\}`kl_result`, a result of "
+                                                        r"exercise ex-09-kl"):
+        student.student_notebook(nb, "09_fixture.ipynb")
 
 
 def test_html_notebook_removes_solutions_but_keeps_exercises():
@@ -320,17 +356,23 @@ def has_solutions(path: Path) -> bool:
 
 BOOK = book.toc_notebooks(ROOT)
 WITH_EXERCISES = [p for p in BOOK if has_solutions(p)]
+EQUATIONS = student.equation_labels({p.name: book.read(p) for p in BOOK})
 
 
 @pytest.mark.parametrize("path", BOOK, ids=lambda p: p.name)
 def test_book_student_edition_differs_only_in_solutions(path):
+    """Restored, the student notebook is the book's, but for the roles rendered as plain text outside solutions."""
     reference = book.read(path)
-    edition = student.student_notebook(reference, path.name)
-    assert sources(student.restore(edition.notebook, edition.pieces)) == sources(reference)
+    edition = student.student_notebook(reference, path.name, equations=EQUATIONS)
+    expected = copy.deepcopy(reference)
+    student.plain_roles(expected, path.name, book.solutions(expected, path.name), EQUATIONS)
+    assert sources(student.restore(edition.notebook, edition.pieces)) == sources(expected)
+    shown = "\n".join(c.source for c in edition.notebook.cells if c.cell_type == "markdown")
+    assert "{eq}`" not in shown and "{glue:text}`" not in shown, "Jupyter would show these roles as raw text"
     stub = student.first_stub(edition.notebook)
     before = edition.notebook.cells[: stub[0]] if stub else edition.notebook.cells
-    changed = [i for i, c in enumerate(before) if c.cell_type == "code" and c.source != reference.cells[i].source]
-    assert not changed, f"code cells before the first stub differ from the book: {changed}"
+    changed = [i + 1 for i, c in enumerate(before) if c.cell_type == "code" and c.source != reference.cells[i].source]
+    assert not changed, f"code cells before the first stub differ from the book (counted from 1): {changed}"
     for cell in edition.notebook.cells:
         assert "BEGIN SOLUTION" not in cell.source
         if cell.cell_type == "code":
@@ -380,6 +422,66 @@ def test_book_student_notebook_runs_to_its_first_stub(path, book_stub_runs):
     if found and (found[0][1] == "NameError" or found[0][0] != expected[0][0]):
         found, expected = run_to_first_stub(student_editions()[path.name])
     assert found == expected, "the first error must be the first stub's NotImplementedError, in the stub's cell"
+
+
+def function_from(source: str, name: str):
+    """The function ``name`` that a cell defines, defined alone (the rest of the cell is not run)."""
+    import math
+
+    import torch
+
+    import course_code
+    from course_code import distributions, gradients, inference, objectives
+
+    tree = ast.parse(TransformerManager().transform_cell(source))
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    assert len(nodes) == 1, f"the cell defines {name} {len(nodes)} times"
+    namespace = {"torch": torch, "math": math, "F": torch.nn.functional, "course_code": course_code,
+                 "distributions": distributions, "gradients": gradients, "inference": inference, "objectives": objectives}
+    exec(compile(ast.Module(nodes, type_ignores=[]), f"<{name}>", "exec"), namespace)
+    return namespace[name]
+
+
+@pytest.mark.parametrize("path", WITH_EXERCISES, ids=lambda p: p.name)
+def test_book_coding_exercises_have_a_stub_and_a_check_that_only_the_solution_passes(path, capsys):
+    """Every solution with code calls a check in its first code cell; in the student edition that cell holds the
+    function's stub, which says what to return, then the check call; the check says "not attempted" to the stub
+    and passes the book's solution."""
+    from course_code import checks
+
+    reference = book.read(path)
+    edition = student.student_notebook(reference, path.name)
+    for solution in book.solutions(reference, path.name):
+        code = [i for i in solution.inner if reference.cells[i].cell_type == "code"]
+        if not code:
+            continue
+        where = f"{path.name}, cell {code[0] + 1} (exercise {solution.label})"
+        calls = re.findall(r"\bchecks\.(\w+)\(\s*(\w+)\s*\)", reference.cells[code[0]].source)
+        assert calls, f"{where}: a coding exercise's first code cell calls its check, checks.<check>(<function>)"
+        stub_source = edition.notebook.cells[code[0]].source
+        for check, name in calls:
+            stub = function_from(stub_source, name)
+            header = stub_source[stub_source.index(f"def {name}("):stub_source.index("# TODO")]
+            assert "# return" in header, f"{where}: the stub of {name} says what to return (a '# return …' line)"
+            assert stub_source.index("NotImplementedError") < stub_source.index(f"checks.{check}("), where
+            with pytest.raises(NotImplementedError, match=f"exercise {solution.label}"):
+                getattr(checks, check)(stub)
+            getattr(checks, check)(function_from(reference.cells[code[0]].source, name))
+            assert capsys.readouterr().out.startswith(f"✔ {check}: passed"), where
+        for index in code[1:]:
+            first = edition.notebook.cells[index].source.splitlines()[0]
+            assert first.startswith("# ") and "TODO" not in first, \
+                f"{path.name}, cell {index + 1}: the cell's first line is a comment saying what it computes, kept in its stub"
+
+
+def test_every_check_is_called_by_exactly_one_exercise():
+    from course_code import checks
+
+    called = [c for p in WITH_EXERCISES for c in book.solution_checks(book.read(p), p.name)]
+    defined = {name for name, f in vars(checks).items() if inspect.isfunction(f) and f.__module__ == checks.__name__
+               and not name.startswith("_") and name != "run_case" and list(inspect.signature(f).parameters)[:1] == ["fn"]}
+    assert len(called) == len(set(called)), f"checks called by more than one exercise: {called}"
+    assert defined - set(called) == set(), f"checks no exercise calls: {defined - set(called)}"
 
 
 # --- grading -------------------------------------------------------------------------------------

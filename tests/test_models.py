@@ -113,6 +113,14 @@ def test_autoregressive_likelihood_and_sampling():
     assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_autoregressive_decoder_broadcasts_the_data_over_the_samples_of_z():
+    vae, x = build("autoregressive", decoder_hidden=(16, 8)), batch()
+    z = torch.randn(4, 5, Z_DIM, generator=torch.Generator().manual_seed(6))
+    one_by_one = torch.stack([vae.decoder(x, z[k]) for k in range(4)])  # one sample of z per datapoint at a time
+    torch.testing.assert_close(vae.decoder(x, z), one_by_one, rtol=0, atol=1e-12)
+    assert vae.decoder(x[:1], z).shape == (4, 5, X_DIM), "one datapoint broadcasts against a batch of codes"
+
+
 def test_autoencoder_shapes_and_loss():
     torch.manual_seed(0)
     ae, x = models.Autoencoder(X_DIM, Z_DIM, HIDDEN), batch()

@@ -205,3 +205,16 @@ def test_mismatched_q_and_x_are_value_errors(model, x):
         objectives.elbo(model.log_lik, x, mu, logvar[:, :2])
     with pytest.raises(ValueError, match="batch shape"):
         objectives.elbo(model.log_lik, x[:3], mu, logvar)
+
+
+def test_effective_sample_size():
+    """(Σ w)²/Σ w² computed directly, unchanged by a common shift of the log-weights, and its two extremes."""
+    log_w = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = log_w.exp()
+    assert torch.allclose(objectives.effective_sample_size(log_w), w.sum(0) ** 2 / (w**2).sum(0))
+    assert torch.allclose(objectives.effective_sample_size(log_w - 1000.0), objectives.effective_sample_size(log_w))
+    assert torch.allclose(objectives.effective_sample_size(torch.zeros(5, 2)), torch.full((2,), 5.0))
+    assert torch.allclose(objectives.effective_sample_size(torch.tensor([[0.0], [-800.0]])), torch.ones(1))
+    with pytest.raises(ValueError, match="log_w"):
+        objectives.effective_sample_size(torch.zeros(5))
+

@@ -1,10 +1,13 @@
 """The course's plot style: figures the width of the book's text column, whose PNGs record their smallest font."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from course_code import plots  # noqa: E402
 from test_browser import SMALLEST_FONT_KEY, png_facts  # noqa: E402
@@ -23,7 +26,7 @@ def test_style_draws_at_the_text_width_with_fonts_of_nine_points_or_more(styled)
     ax.plot([0, 1], [0, 1], label="a line")
     ax.set(title="title", xlabel="x", ylabel="y")
     ax.legend()
-    assert tuple(fig.get_size_inches()) == (plots.TEXT_WIDTH, 3.6)
+    assert tuple(fig.get_size_inches()) == (plots.TEXT_WIDTH, 3.4)
     assert plots.smallest_font(fig) == 9  # tick labels and legend
 
 
@@ -46,3 +49,23 @@ def test_png_records_its_smallest_font_and_dpi(styled, tmp_path):
     assert dpi == pytest.approx(plots.DPI, rel=1e-3)
     assert float(text[plots.SMALLEST_FONT_KEY]) == 7.5
     assert plots.SMALLEST_FONT_KEY == SMALLEST_FONT_KEY, "the browser test reads the chunk under another name"
+
+
+def test_against_k_draws_measured_points_and_predicted_lines_on_log_axes(styled):
+    ax = plots.against_k([1, 5, 50], {"measured": [1.0, 0.3, 0.05]}, {"predicted": [1.0, 0.2, 0.02]}, ylabel="gap", title="t")
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert [line.get_label() for line in ax.get_lines()] == ["measured", "predicted"]
+    assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"]
+    assert plots.smallest_font(ax.figure) >= 9
+
+
+def test_latent_holes_draws_the_ratio_map_with_the_holes_outlined(styled):
+    axis = torch.linspace(-3, 3, 31)
+    grid = torch.cartesian_prod(axis, axis)
+    log_p = -0.5 * (grid**2).sum(-1)
+    log_q = -0.5 * ((grid - 1) ** 2).sum(-1) / 0.5  # narrower and shifted: holes on the far side
+    hole = log_q - log_q.logsumexp(0) < log_p - log_p.logsumexp(0) - math.log(10)
+    ax, image = plots.latent_holes(axis, log_q, log_p, hole, title="holes")
+    assert ax.get_title() == "holes" and image.get_extent() == [-3.0, 3.0, -3.0, 3.0]
+    assert len(ax.collections) >= 2  # the holes' outline and the prior's 90% region
+    plt.close(ax.figure)

@@ -151,3 +151,79 @@ def test_elbo_on_grid(z_dim):
     # however narrow q is, the discretized gap stays a KL divergence: never negative
     narrow = torch.full_like(mu, -12.0)
     assert (torch.logsumexp(log_joint, 0) - elbo_on_grid(log_joint, grid.grid, mu, narrow) >= 0).all()
+
+
+def test_chi_square_against_monte_carlo_and_the_exact_posterior():
+    """χ²(p(z|x) ‖ q) = E_q[w²]/p(x)² − 1: against the sample mean of w²/p(x)² under q, and 0 when q is the posterior."""
+    model = LinearGaussian.random(x_dim=5, z_dim=2, noise_std=1.0, seed=1)
+    x = model.sample(3, torch.Generator().manual_seed(2))[0]
+    mean, _ = model.posterior(x)
+    mu, logvar = mean + 0.2, torch.full_like(mean, -0.3)
+    n = 400_000
+    ratio = torch.exp(2 * (objectives.log_weights(model.log_likelihood, x, mu, logvar, n, torch.Generator().manual_seed(3)) - model.log_px(x)))
+    se = ratio.std(0) / math.sqrt(n)
+    assert torch.all((ratio.mean(0) - 1 - model.chi_square(x, mu, logvar)).abs() < 5 * se)
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(4, 2, generator=g))
+    diagonal = LinearGaussian(q * torch.tensor([2.0, 0.5]), torch.randn(4, generator=g), 0.0)  # diagonal posterior
+    x = diagonal.sample(3, g)[0]
+    mean, cov = diagonal.posterior(x)
+    assert torch.allclose(diagonal.chi_square(x, mean, torch.diagonal(cov).log().expand_as(mean)), torch.zeros(3), atol=1e-10)
+
+
+def test_chi_square_is_infinite_when_q_is_too_narrow(model, x):
+    mean, _ = model.posterior(x)
+    assert torch.isinf(model.chi_square(x, mean, torch.full_like(mean, -8.0))).all()
+
+
+def test_iwae_gap_falls_as_chi_square_over_2k():
+    """The delta method: log p(x) − E[L_K] ≈ χ²(p(z|x) ‖ q)/(2K) when χ² is small against K."""
+    model = LinearGaussian.random(x_dim=5, z_dim=2, noise_std=1.0, seed=1)
+    x = model.sample(1, torch.Generator().manual_seed(2))[0]
+    mean, cov = model.posterior(x)
+    mu, logvar = mean, torch.diagonal(cov).log().expand_as(mean) + 0.5
+    K, repeats = 20, 20_000
+    bounds = objectives.iwae_bound(model.log_likelihood, x.expand(repeats, -1), mu.expand(repeats, -1),
+                                   logvar.expand(repeats, -1), K, generator=torch.Generator().manual_seed(3))
+    gap, se = model.log_px(x) - bounds.mean(), bounds.std() / math.sqrt(repeats)
+    predicted = model.chi_square(x, mu, logvar) / (2 * K)
+    assert 0.1 < model.chi_square(x, mu, logvar) < 0.5  # small enough that the next order (χ²/K)² is negligible
+    assert (gap - predicted).abs() < 4 * se + 0.05 * predicted, (gap, predicted, se)
+
+
+# ---- the best full-covariance q (chapter 8) ---------------------------------------------------
+
+def test_best_full_q_is_the_posterior_and_closes_the_gap(model, x):
+    mean, L = model.best_full_q(x)
+    post_mean, post_cov = model.posterior(x)
+    torch.testing.assert_close(mean, post_mean)
+    torch.testing.assert_close(L @ L.transpose(-2, -1), post_cov.expand(len(x), 2, 2))
+    torch.testing.assert_close(model.elbo_full(x, mean, L), model.log_px(x))  # KL(q ‖ p(z|x)) = 0
+
+
+def test_elbo_full_is_log_px_minus_the_kl_to_the_posterior(model, x):
+    g = torch.Generator().manual_seed(4)
+    mu, A = torch.randn(len(x), 2, generator=g), torch.randn(len(x), 2, 2, generator=g)
+    L = torch.linalg.cholesky(A @ A.transpose(-2, -1) + 0.1 * torch.eye(2))
+    post_mean, post_cov = model.posterior(x)
+    kl = kl_divergence(MultivariateNormal(mu, scale_tril=L), MultivariateNormal(post_mean, post_cov))
+    torch.testing.assert_close(model.elbo_full(x, mu, L), model.log_px(x) - kl)
+
+
+def test_elbo_full_with_a_diagonal_factor_is_the_diagonal_elbo(model, x):
+    mu, logvar = model.best_diagonal_q(x)
+    torch.testing.assert_close(model.elbo_full(x, mu, torch.diag_embed(torch.exp(0.5 * logvar))), model.elbo(x, mu, logvar))
+
+
+def test_elbo_on_grid_log_q_of_a_gaussian_is_elbo_on_grid():
+    from course_code.distributions import log_normal
+    from course_code.tractable import elbo_on_grid_log_q
+
+    grid_model = GridModel(lambda x, z: -(((x - z) ** 2).sum(-1)), z_dim=1, n_points=201)
+    x = torch.tensor([[0.3], [-1.0]])
+    log_joint = grid_model.log_joint(x) + grid_model.log_cell
+    mu, logvar = torch.tensor([[0.1], [-0.5]]), torch.tensor([[-1.0], [0.2]])
+    log_q = log_normal(grid_model.grid[:, None, :], mu, logvar)
+    torch.testing.assert_close(elbo_on_grid_log_q(log_joint, log_q), elbo_on_grid(log_joint, grid_model.grid, mu, logvar))
+    with pytest.raises(ValueError, match="log_q must have the shape"):
+        elbo_on_grid_log_q(log_joint, log_q[:, :1])

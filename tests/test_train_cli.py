@@ -1,5 +1,6 @@
 """python -m course_code.train: a short run on the digits, its outputs (checked first, written whole), Ctrl-C, and one-line errors."""
 
+import os
 import re
 import urllib.error
 import urllib.request
@@ -26,6 +27,11 @@ def run(tmp_path, *extra):
     return train.main(["--epochs", "2", "--hidden", "32", "--iw-samples", "20", "--out", str(tmp_path), *extra])
 
 
+def timeless(out: str) -> str:
+    """The report without its wall-clock figures (seconds and rates), which differ from run to run."""
+    return re.sub(r"[\d,.]+ (s|samples/s|test images/s)\b", r"… \1", out)
+
+
 def nats(name: str, out: str) -> float:
     return float(re.search(rf"{re.escape(name)}\s+(-?\d+\.\d+) nats", out).group(1))
 
@@ -44,11 +50,32 @@ def test_a_short_run_on_the_digits_reports_and_saves(tmp_path, capsys, binarize)
     assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_epoch_prints_its_time_and_samples_per_second(tmp_path, capsys):
+    assert run(tmp_path, "--epochs", "3") == 0
+    out = capsys.readouterr().out
+    epochs = re.findall(r"^epoch (\d)/3  ELBO +(-?\d+\.\d\d) +(\d+\.\d\d) s +([\d,]+) samples/s$", out, re.M)
+    assert [int(e[0]) for e in epochs] == [1, 2, 3]
+    n_train = len(data.load_digits().x_train)
+    for _, _, seconds, rate in epochs:  # the rate is the training set over the epoch's time, up to the printed rounding
+        assert float(rate.replace(",", "")) == pytest.approx(n_train / float(seconds), rel=0.01, abs=n_train / float(seconds) ** 2 * 0.006)
+    total = float(re.search(r"^trained in (\d+\.\d) s: ([\d,]+) samples/s on average$", out, re.M).group(1))
+    assert total == pytest.approx(sum(float(e[2]) for e in epochs), abs=0.1)
+    assert re.search(r"^evaluated in \d+\.\d s: [\d,]+ test images/s at K = 20$", out, re.M)
+
+
+def test_threads_come_from_the_option_then_course_threads_then_every_core(tmp_path, capsys, monkeypatch):
+    run(tmp_path, "--epochs", "1", "--threads", "2")
+    assert "with 2 thread(s)" in capsys.readouterr().out and torch.get_num_threads() == 2
+    assert train.parse_args([]).threads == 1  # COURSE_THREADS=1, set by the fixture
+    monkeypatch.delenv("COURSE_THREADS")
+    assert train.parse_args([]).threads == os.cpu_count()
+
+
 def test_the_same_seed_gives_the_same_report(tmp_path, capsys):
     run(tmp_path / "a", "--seed", "3", "--epochs", "1")
-    first = capsys.readouterr().out.replace(str(tmp_path / "a"), "")
+    first = timeless(capsys.readouterr().out.replace(str(tmp_path / "a"), ""))
     run(tmp_path / "b", "--seed", "3", "--epochs", "1")
-    assert capsys.readouterr().out.replace(str(tmp_path / "b"), "") == first
+    assert timeless(capsys.readouterr().out.replace(str(tmp_path / "b"), "")) == first
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -88,8 +115,8 @@ def test_a_missing_data_dir_is_the_same_kind_of_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv", [["--data-dir", "x"], ["--epochs", "0"], ["--dataset", "cifar"], ["--iw-samples", "-5"]],
-    ids=["data-dir-without-mnist", "zero-epochs", "unknown-dataset", "negative-samples"],
+    "argv", [["--data-dir", "x"], ["--epochs", "0"], ["--dataset", "cifar"], ["--iw-samples", "-5"], ["--threads", "0"]],
+    ids=["data-dir-without-mnist", "zero-epochs", "unknown-dataset", "negative-samples", "zero-threads"],
 )
 def test_bad_arguments_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -137,7 +164,7 @@ def test_ctrl_c_while_the_figure_is_written_leaves_no_half_file(previous_run, ca
 
 
 def test_ctrl_c_during_the_evaluation_keeps_this_runs_model_and_figure_together(previous_run, capsys, monkeypatch):
-    monkeypatch.setattr(train, "mean_log_px", interrupt)
+    monkeypatch.setattr(training, "log_px", interrupt)
     assert run(previous_run) == 130
     captured = capsys.readouterr()
     assert captured.err == f"interrupted during the evaluation; the trained model is saved in {previous_run}\n"

@@ -68,6 +68,25 @@ def test_same_seed_gives_bit_for_bit_the_same_run(digits):
     assert not torch.equal(other.state_dict()["encoder.head.weight"], state_a["encoder.head.weight"])
 
 
+def test_on_epoch_sees_each_record_as_the_history_stores_it(digits):
+    seen = []
+    history = quick_fit(small_vae(), digits.x_train, epochs=3, on_epoch=lambda epoch, record: seen.append((epoch, dict(record))))
+    assert [epoch for epoch, _ in seen] == [1, 2, 3]
+    assert {key: [record[key] for _, record in seen] for key in history} == history
+
+
+def test_log_px_in_batches_equals_the_model_scoring_all_rows_at_once(digits):
+    model = small_vae()
+    x = digits.x_test[:30]
+    batched = training.log_px(model, x, n_samples=40, seed=5, batch_size=7)
+    whole = model.log_px(x, n_samples=40, generator=torch.Generator().manual_seed(5))
+    assert batched.shape == (30,)
+    # Batches draw the same standard normals in another order, so the estimates agree within Monte Carlo error
+    assert abs(batched.mean() - whole.mean()) < 3 * (batched - whole).std() / math.sqrt(len(x)) + 1e-9
+    assert not batched.equal(whole)  # (and are not the same numbers, so the comparison above is not vacuous)
+    assert training.log_px(model, x, n_samples=40, seed=5, batch_size=7).equal(batched)  # the seed fixes it
+
+
 def test_linear_warmup():
     schedule = training.linear_warmup(10)
     assert [schedule(s) for s in (0, 5, 10, 25)] == [0.0, 0.5, 1.0, 1.0]

@@ -1,7 +1,7 @@
 """The book as the instructor tools read it: its notebooks, their exercises, solutions and checks.
 
-A solution is gated (sphinx-exercise): a markdown cell opening ``{solution-start} <label>``, the
-solution's cells, and a markdown cell with ``{solution-end}``. Inside a solution, code between a
+A solution is gated (sphinx-exercise): a markdown cell holding only ``{solution-start} <label>``, the
+solution's cells, and a markdown cell holding only ``{solution-end}``. Inside a solution, code between a
 ``# BEGIN SOLUTION`` and a ``# END SOLUTION`` line is the part a learner writes; a code cell without
 these markers is the learner's as a whole; markdown is the learner's answer in words.
 """
@@ -82,6 +82,12 @@ def solutions(nb: nbformat.NotebookNode, name: str = "notebook") -> list[Solutio
         start, end = SOLUTION_START.search(cell.source), SOLUTION_END.search(cell.source)
         if start and end:
             raise ExerciseFormatError(f"{name}, cell {index + 1}: put {{solution-start}} and {{solution-end}} in separate cells")
+        for match, pattern, directive in ((start, SOLUTION_START, "solution-start"), (end, SOLUTION_END, "solution-end")):
+            before, _, after = split_directive(cell.source, pattern) if match else ("", "", "")
+            if before.strip() or after.strip():
+                raise ExerciseFormatError(
+                    f"{name}, cell {index + 1}: this cell holds text besides {{{directive}}}: move the text into a "
+                    f"Markdown cell of its own next to it, so that a learner who replaces an answer keeps the directive")
         if start:
             if open_at is not None:
                 raise ExerciseFormatError(f"{name}, cell {index + 1}: solution {start['label']!r} opens before solution {label!r} (cell {open_at + 1}) is closed")

@@ -39,8 +39,10 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4.nbbase import random_cell_id
 
-from course_code import checks
 from course_code.instructor import book, sandbox
+
+# ``course_code.checks`` (and with it PyTorch, about 2.5 s of CPU to import) is imported only where the grader
+# judges: the process that runs a notebook in the sandbox imports this module for :func:`execute` alone.
 
 _QUIET = logging.getLogger("course_code.instructor.kernel")
 _QUIET.addHandler(logging.NullHandler())
@@ -168,58 +170,130 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: float, extract: s
     return "errors", f"{_cell(index, cell)} raised {output.ename}: {_first_line(output.evalue)}{more}", printed
 
 
-class Submitted:
-    """A learner's function as the grader holds it: bytes it never loads, called in a fresh sandboxed process.
+class _Asked(Exception):
+    """Stops a check the first time it asks a :class:`Submitted` function for its outcomes: its inputs are noted."""
 
-    Handed to a check in place of the function (``checks.kl_normal(Submitted(...))``), it runs the
-    check's inputs through :func:`sandbox.run`; the check compares what comes back with its reference.
+
+class Submitted:
+    """A learner's function as the grader holds it: bytes it never loads, called in a sandboxed process.
+
+    Handed to a check in place of the function (``checks.kl_normal(Submitted(...))``), it answers the
+    check's ``call_cases`` twice. The first time it notes the inputs and stops the check, so that
+    :func:`run_checks` can call every graded function of a submission in one sandboxed process; the
+    second time it returns what that process sent back, and the check compares it with its reference.
     """
 
-    def __init__(self, blob: bytes, folder: Path, limits: sandbox.Limits, sandboxed: bool):
-        self.blob, self.folder, self.limits, self.sandboxed = blob, folder, limits, sandboxed
+    def __init__(self, blob: bytes):
+        self.blob, self.job, self.outcomes = blob, None, None
 
     def __call__(self, *args, **kwargs):
         raise TypeError("a submitted function is called only through its check (call_cases)")
 
     def call_cases(self, cases, references, adapt, seconds) -> list[tuple]:
-        import cloudpickle
-        import torch
+        if self.outcomes is None:
+            self.job = {"function": self.blob, "cases": list(cases), "references": list(references), "adapt": adapt,
+                        "seconds": seconds}
+            raise _Asked
+        return self.outcomes  # a missing outcome (the process was stopped) is judged "did not finish"
 
-        request = cloudpickle.dumps({"function": self.blob, "cases": list(cases), "references": list(references),
-                                     "adapt": adapt, "seconds": seconds, "dtype": str(torch.get_default_dtype())[6:]})
-        result = sandbox.run(["call"], request, self.folder, 30 + seconds * len(cases), self.limits, self.sandboxed)
-        outcomes = []
-        for line in result.stdout.splitlines():
-            try:
-                outcomes.append(sandbox.decode_outcome(line))
-            except (ValueError, TypeError):
-                outcomes.append(("raised", "an unreadable result", "what came back is not a value the check can read"))
-                break
-        return outcomes  # a missing outcome (the process was stopped) is judged "did not finish"
+
+def call_jobs(jobs: list[dict], folder: Path, limits: sandbox.Limits, sandboxed: bool) -> list[list[tuple]]:
+    """The outcomes of every job (a function and a check's inputs), all called in one sandboxed process.
+
+    Each job keeps its own tripwire and its time limit per input (see ``sandbox._call``). When that
+    process stops before the end (out of memory, killed at the time limit, an unreadable line), each
+    job it did not finish runs again alone in a process of its own, so one function cannot cost the
+    others their verdicts.
+    """
+    outcomes = _call_jobs(jobs, folder, limits, sandboxed)
+    for number in range(1, len(jobs)):  # the first job ran as it would have alone
+        if not _finished(outcomes[number], jobs[number]):
+            outcomes[number] = _call_jobs([jobs[number]], folder, limits, sandboxed)[0]
+    return outcomes
+
+
+def _finished(outcomes: list[tuple], job: dict) -> bool:
+    return len(outcomes) == len(job["cases"]) or bool(outcomes) and outcomes[-1][0] != "returned"
+
+
+def _call_jobs(jobs: list[dict], folder: Path, limits: sandbox.Limits, sandboxed: bool) -> list[list[tuple]]:
+    import cloudpickle
+    import torch
+
+    request = cloudpickle.dumps({"jobs": jobs, "dtype": str(torch.get_default_dtype())[6:]})
+    seconds = 30 + sum(job["seconds"] * len(job["cases"]) for job in jobs)
+    result = sandbox.run(["call"], request, folder, seconds, limits, sandboxed)
+    outcomes: list[list[tuple]] = [[] for _ in jobs]
+    current = 0
+    for line in result.stdout.splitlines():
+        try:
+            number, outcome = sandbox.decode_job_outcome(line)
+            if number < current or number >= len(jobs) or _finished(outcomes[number], jobs[number]):
+                raise ValueError("an outcome out of order")
+        except (ValueError, TypeError):
+            while current < len(jobs) and _finished(outcomes[current], jobs[current]):
+                current += 1
+            if current < len(jobs):
+                outcomes[current].append(("raised", "an unreadable result",
+                                          "what came back is not a value the check can read"))
+            break
+        current = number
+        outcomes[number].append(outcome)
+    return outcomes
 
 
 def run_checks(chapter_checks: dict[str, str], functions: dict[str, str], folder: Path, limits: sandbox.Limits,
                sandboxed: bool) -> tuple[dict[str, str], list[str]]:
-    """Call each check on the submitted function it grades; return the verdicts and the reasons for failures."""
-    verdicts, reasons = {}, []
+    """Call each check on the submitted function it grades; return the verdicts and the reasons for failures.
+
+    Each check runs twice here: once to learn its inputs, then, after one sandboxed process has called
+    every submitted function on its check's inputs, again to judge what came back.
+    """
+    from course_code import checks
+
+    verdicts, reasons, asked = {}, [], {}
+
+    def judge(check: str, function: Submitted) -> None:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                getattr(checks, check)(function)
+            verdicts[check] = "pass"
+        except _Asked:
+            asked[check] = function
+        except NotImplementedError:
+            verdicts[check] = "not attempted"
+        except checks.CheckFailed as failure:
+            verdicts[check] = "fail"
+            reasons.append(_first_line(str(failure), 300))
+        except Exception as error:  # a value the check could not read
+            verdicts[check] = "fail"
+            reasons.append(f"{check}: could not be graded: {type(error).__name__}: {_first_line(str(error))}")
+
     for check, name in chapter_checks.items():
         blob = functions.get(name)
         if not isinstance(blob, str):
             verdicts[check] = "not attempted"
             continue
         try:
-            function = Submitted(base64.b64decode(blob, validate=True), folder, limits, sandboxed)
-            with contextlib.redirect_stdout(io.StringIO()):
-                getattr(checks, check)(function)
-            verdicts[check] = "pass"
-        except NotImplementedError:
-            verdicts[check] = "not attempted"
-        except checks.CheckFailed as failure:
-            verdicts[check] = "fail"
-            reasons.append(_first_line(str(failure), 300))
-        except Exception as error:  # a value the check could not read, or an undecodable function
+            function = Submitted(base64.b64decode(blob, validate=True))
+        except ValueError as error:  # not base64: the sandbox's report was tampered with
             verdicts[check] = "fail"
             reasons.append(f"{check}: could not be graded: {type(error).__name__}: {_first_line(str(error))}")
+            continue
+        verdicts[check] = ""
+        judge(check, function)
+    if asked:
+        try:
+            called = call_jobs([f.job for f in asked.values()], folder, limits, sandboxed)
+        except Exception as error:  # the process could not be started or given its request
+            for check in asked:
+                verdicts[check] = "fail"
+                reasons.append(f"{check}: could not be graded: {type(error).__name__}: {_first_line(str(error))}")
+            return verdicts, reasons
+        for function, outcomes in zip(asked.values(), called):
+            function.outcomes = outcomes
+        for check, function in dict(asked).items():
+            judge(check, function)
     return verdicts, reasons
 
 
@@ -229,6 +303,8 @@ def grade_notebook(path: Path, name: str, known: list[Chapter], timeout: float, 
 
     ``seed`` is added to the seeds of the checks' random inputs.
     """
+    from course_code import checks
+
     row, start = Grade(name), time.monotonic()
     checks.case_seed = seed
     try:

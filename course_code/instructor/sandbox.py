@@ -6,8 +6,9 @@ course_code.instructor.sandbox``:
 - ``notebook``: runs the submitted notebook in a fresh kernel, in an empty working folder, then
   hands back how the run went and each graded function, serialised with cloudpickle (the grader
   never loads these: it only passes them on to the next kind of process);
-- ``call``: a fresh process that loads one function with the check's reference implementations
-  replaced by tripwires, calls it on the check's inputs, and writes one JSON line per input.
+- ``call``: a fresh process that calls each graded function of the submission in turn, loaded
+  with its check's reference implementations replaced by tripwires, on the check's inputs, and
+  writes one JSON line per input.
   What comes back is data (tensors as raw bytes with a dtype and a shape, numbers, tuples),
   decoded by :func:`decode` under strict limits; the verdict is computed by the grader.
 
@@ -337,9 +338,16 @@ def encode_outcome(outcome: tuple) -> dict:
     return {"did not finish": True}
 
 
-def decode_outcome(line: bytes) -> tuple:
-    """One outcome of :func:`course_code.checks.run_case` from a line a ``call`` process wrote."""
+def decode_job_outcome(line: bytes) -> tuple[int, tuple]:
+    """The job number and one outcome of :func:`course_code.checks.run_case` from a line a ``call`` process wrote."""
     data = json.loads(line)
+    if not isinstance(data, list) or len(data) != 2 or not isinstance(data[0], int) or isinstance(data[0], bool):
+        raise ValueError("not a job's outcome")
+    return data[0], decode_outcome(data[1])
+
+
+def decode_outcome(data) -> tuple:
+    """One outcome of :func:`course_code.checks.run_case`, as :func:`encode_outcome` described it."""
     if not isinstance(data, dict) or len(data) != 1:
         raise ValueError("not an outcome")
     (kind, value), = data.items()
@@ -391,7 +399,12 @@ def _notebook(request: dict, out) -> None:
 
 
 def _call(request: dict, out) -> None:
-    """Load one function with the references replaced by tripwires and call it on each input; one JSON line per input."""
+    """Call each job's function on its inputs, one job after the other; one JSON line per input: [job, outcome].
+
+    A job's function is loaded, and called, with its own check's references replaced by tripwires,
+    each input under its own time limit (:func:`course_code.checks.run_case`), exactly as it would be
+    in a process of its own; a job stops at its first outcome that is not a returned value.
+    """
     import cloudpickle
     import torch
 
@@ -399,23 +412,28 @@ def _call(request: dict, out) -> None:
 
     torch.set_num_threads(1)
     torch.set_default_dtype(getattr(torch, request["dtype"]))
-    references = request["references"]
-    with checks.tripwire(references):
-        try:
-            fn = cloudpickle.loads(request["function"])
-        except BaseException as error:  # the learner's code runs when its function is loaded
-            out.write(json.dumps(encode_outcome(("raised", type(error).__name__, f"while loading the function: {error}"))) + "\n")
-            return
-    for case in request["cases"]:
-        outcome = checks.run_case(fn, case, references, request["adapt"], request["seconds"])
-        try:
-            line = json.dumps(encode_outcome(outcome))
-        except Exception:  # a value that looks like data but cannot be read as such (a tensor on another device, …)
-            line = json.dumps({"returned": {"foreign": "a value that cannot be read back"}})
-        out.write(line + "\n")
-        out.flush()
-        if outcome[0] != "returned":
-            return
+    for number, job in enumerate(request["jobs"]):
+        references = job["references"]
+        with checks.tripwire(references):
+            try:
+                fn = cloudpickle.loads(job["function"])
+            except BaseException as error:  # the learner's code runs when its function is loaded
+                _report(out, number, ("raised", type(error).__name__, f"while loading the function: {error}"))
+                continue
+        for case in job["cases"]:
+            outcome = checks.run_case(fn, case, references, job["adapt"], job["seconds"])
+            _report(out, number, outcome)
+            if outcome[0] != "returned":
+                break
+
+
+def _report(out, number: int, outcome: tuple) -> None:
+    try:
+        line = json.dumps([number, encode_outcome(outcome)])
+    except Exception:  # a value that looks like data but cannot be read as such (a tensor on another device, …)
+        line = json.dumps([number, {"returned": {"foreign": "a value that cannot be read back"}}])
+    out.write(line + "\n")
+    out.flush()
 
 
 def main() -> None:

@@ -3,10 +3,12 @@ build of the book without solutions.
 
 In a student notebook, code between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` becomes a TODO
 comment and ``raise NotImplementedError("exercise <label>")`` at the same indentation; a solution
-code cell without markers becomes a stub cell; a solution's markdown becomes a prompt for the
-learner's answer. Everything else is kept, with outputs cleared. :func:`restore` puts a
-notebook's solutions back into its student version, which is how the tests prove that nothing
-but solutions was touched.
+code cell without markers becomes a stub cell, which keeps the cell's first line when that is a
+comment saying what the cell computes; a solution's markdown becomes a prompt for the
+learner's answer. Everything else is kept, with outputs cleared, except that the roles Jupyter
+cannot render (``{eq}`` and ``{glue:text}``) become plain text in the Markdown outside solutions.
+:func:`restore` puts a notebook's solutions back into its student version, which is how the tests
+prove that nothing but solutions (and those roles) was touched.
 """
 
 import copy
@@ -65,6 +67,10 @@ def _stub_code(source: str, label: str, pieces: list[Piece], where: str) -> str:
     """A solution code cell for the learner: each marked block, or else the whole cell, becomes a stub."""
     blocks = book.marked_blocks(source, where)
     if not blocks:
+        first, _, rest = source.partition("\n")
+        if first.startswith("# ") and rest.strip():  # the cell's first line says what it computes: keep it
+            pieces.append(Piece("cell", rest))
+            return first + "\n" + _stub("cell", label)
         pieces.append(Piece("cell", source))
         return _stub("cell", label)
     parts, position = [], 0
@@ -75,23 +81,80 @@ def _stub_code(source: str, label: str, pieces: list[Piece], where: str) -> str:
     return "".join(parts) + source[position:]
 
 
-def student_notebook(nb: nbformat.NotebookNode, name: str = "notebook", keep_outputs: bool = False) -> Edition:
+_EQ_ROLE = re.compile(r"\{eq\}`([^`]+)`")
+_GLUE_ROLE = re.compile(r"\{glue:text\}`([^`]+)`")
+_EQ_LABEL = re.compile(r"\$\$[ \t]*\(([^)\s]+)\)")
+_GLUE_CALL = re.compile(r"\bglue\(\s*[\"']([^\"']+)[\"']")
+
+
+def equation_labels(notebooks: dict[str, nbformat.NotebookNode]) -> dict[str, str]:
+    """Where each labelled equation ``$$ … $$ (label)`` is: label → name of the notebook defining it."""
+    return {label: name for name, nb in notebooks.items() for cell in nb.cells if cell.cell_type == "markdown"
+            for label in _EQ_LABEL.findall(cell.source)}
+
+
+def _glued(nb: nbformat.NotebookNode) -> dict[str, tuple[int, str]]:
+    """Every value a notebook glues: name → (index of the cell that glues it, its text as the book shows it)."""
+    found = {}
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for name in _GLUE_CALL.findall(cell.source):
+            found[name] = (index, "")
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            text = output.get("data", {}).get("application/papermill.record/text/plain")
+            if name and text is not None:
+                text = text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text
+                found[name] = (index, text)
+    return found
+
+
+def plain_roles(nb: nbformat.NotebookNode, name: str, solutions: list, equations: dict[str, str] | None = None,
+                render: bool = True) -> None:
+    """Turn the ``{eq}`` and ``{glue:text}`` roles of the Markdown outside solutions into the text the book shows.
+
+    An equation becomes its label in parentheses, as Jupyter shows it next to the equation (with the notebook
+    that holds it, when another one does); a glued value becomes its text. Quoting a value that a solution
+    computes is an error: the student edition would give the result away. With ``render`` false, only that is checked.
+    """
+    inside = {i for s in solutions for i in range(s.start, s.end + 1)}
+    owner = {i: s.label for s in solutions for i in range(s.start, s.end + 1)}
+    glued = _glued(nb)
+
+    def equation(match: re.Match) -> str:
+        where = (equations or {}).get(match[1], name)
+        return f"({match[1]})" if where == name else f"({match[1]}) in {where}"
+
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown" or index in inside:
+            continue
+        for glue in _GLUE_ROLE.findall(cell.source):
+            if glue in glued and glued[glue][0] in owner:
+                raise ExerciseFormatError(f"{name}, cell {index + 1}: the text quotes {{glue:text}}`{glue}`, a result of "
+                                          f"exercise {owner[glued[glue][0]]}: it would be given away before the exercise")
+        if not render:
+            continue
+        text = _EQ_ROLE.sub(equation, cell.source)
+        cell.source = _GLUE_ROLE.sub(lambda m: glued[m[1]][1] if glued.get(m[1], (0, ""))[1] else m[0], text)
+
+
+def student_notebook(nb: nbformat.NotebookNode, name: str = "notebook", keep_outputs: bool = False,
+                     equations: dict[str, str] | None = None) -> Edition:
     """The student version of a notebook: solutions become stubs and prompts; outputs cleared, counts reset.
 
-    With ``keep_outputs`` the cells outside solutions keep their outputs (for the HTML edition).
+    With ``keep_outputs`` the cells outside solutions keep their outputs and the roles stay as they are
+    (for the HTML edition, which renders them); ``equations`` says which notebook holds each equation label.
     """
     nb = copy.deepcopy(nb)
     edition = Edition(nb)
     solution_cells = set()
-    for solution in book.solutions(nb, name):
+    found = book.solutions(nb, name)
+    plain_roles(nb, name, found, equations, render=not keep_outputs)
+    for solution in found:
         pieces = edition.pieces.setdefault(solution.label, [])
         solution_cells.update(range(solution.start, solution.end + 1))
         prompt = PROMPT.format(label=solution.label)
-        opening = nb.cells[solution.start]
-        before, directive, after = book.split_directive(opening.source, book.SOLUTION_START)
-        if after.strip():  # the solution starts in the opening cell
-            pieces.append(Piece("text", after))
-            opening.source = before + directive + prompt
         for index in solution.inner:
             cell = nb.cells[index]
             if not cell.source.strip():
@@ -101,11 +164,6 @@ def student_notebook(nb: nbformat.NotebookNode, name: str = "notebook", keep_out
                 cell.source = prompt
                 continue
             cell.source = _stub_code(cell.source, solution.label, pieces, f"{name}, cell {index + 1}")
-        closing = nb.cells[solution.end]
-        before, directive, after = book.split_directive(closing.source, book.SOLUTION_END)
-        if before.strip():  # the solution ends in the closing cell; `before` ends with the line break
-            pieces.append(Piece("text", before.removesuffix("\n")))
-            closing.source = prompt + "\n" + directive + after
     for index, cell in enumerate(nb.cells):
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code" and (not keep_outputs or index in solution_cells):
@@ -148,23 +206,18 @@ def html_notebook(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat
     """The notebook as the student HTML shows it: outputs kept, solutions (and their stubs) removed from the page."""
     nb = student_notebook(nb, name, keep_outputs=True).notebook
     for solution in book.solutions(nb, name):
-        before, _, _ = book.split_directive(nb.cells[solution.start].source, book.SOLUTION_START)
-        _, _, after = book.split_directive(nb.cells[solution.end].source, book.SOLUTION_END)
-        for index, kept in [(solution.start, before), *((i, "") for i in solution.inner), (solution.end, after)]:
-            if kept.strip():
-                nb.cells[index].source = kept
-            else:
-                tags = nb.cells[index].metadata.setdefault("tags", [])
-                tags.append("remove-cell")
+        for index in range(solution.start, solution.end + 1):
+            nb.cells[index].metadata.setdefault("tags", []).append("remove-cell")
     return nb
 
 
 def write_notebooks(root: Path, out: Path) -> list[tuple[Path, Edition]]:
     """Write the student version of every notebook of the book into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, notebooks = [], {path.name: book.read(path) for path in book.toc_notebooks(root)}
+    equations = equation_labels(notebooks)
     for path in book.toc_notebooks(root):
-        edition = student_notebook(book.read(path), path.name)
+        edition = student_notebook(notebooks[path.name], path.name, equations=equations)
         target = out / path.name
         nbformat.write(edition.notebook, target)
         written.append((target, edition))

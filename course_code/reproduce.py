@@ -1,0 +1,479 @@
+"""The course at full scale: named experiments on real MNIST, each recorded with its provenance.
+
+    python -m course_code.reproduce seed002            # one experiment, its full budget
+    python -m course_code.reproduce all --smoke        # every experiment, at a budget of seconds
+    python -m course_code.reproduce --list
+
+Each run writes ``results/NAME.json`` and ``results/NAME.png`` (``--out`` elsewhere; a smoke run
+writes to ``_build/reproduce-smoke`` unless told otherwise), each under a temporary name renamed
+into place. The JSON holds the numbers and how they were made: the exact command, seed, git
+commit (and whether the tree had uncommitted changes), package versions, CPU model, thread
+count, wall time, the load average before and after, and a hash of the source the experiment
+depends on (:func:`source_hash`), so that a record older than the code can be recognised.
+MNIST is read from ``--mnist DIR`` or ``$COURSE_MNIST`` (the four original ``.gz`` files).
+
+Adding an experiment takes one function in this module::
+
+    @experiment("name", "One line saying what it measures",
+                full=dict(epochs=50, n_test=10_000), smoke=dict(epochs=1, n_test=100, n_train=2_000),
+                reference={"log_px": -86.76, "source": "Burda et al. (2016), table 1"})
+    def name(budget: dict, seed: int, mnist: Path | None) -> tuple[dict, Figure]:
+        ...  # train with training.fit, score with score_on_test; return the numbers and a figure
+
+The numbers must be JSON values (floats, lists, dicts). The smoke budget must finish within a
+minute on real MNIST: ``tests/test_reproduce.py`` runs every registered experiment at it.
+"""
+
+import argparse
+import ast
+import hashlib
+import inspect
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import course_code
+from course_code import data, models, training
+
+PACKAGE = Path(__file__).resolve().parent
+ROOT = PACKAGE.parent
+RESULTS = ROOT / "results"
+SMOKE_OUT = ROOT / "_build" / "reproduce-smoke"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named experiment: ``run(budget, seed, mnist)`` returns its numbers and a figure."""
+
+    name: str
+    title: str
+    run: Callable
+    full: dict
+    smoke: dict
+    reference: dict  # the numbers it reproduces, and where they were published
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def experiment(name: str, title: str, *, full: dict, smoke: dict, reference: dict):
+    """Register the decorated function as the experiment ``name`` with its full and smoke budgets."""
+
+    def register(run: Callable) -> Callable:
+        if name in EXPERIMENTS or name == "all":
+            raise ValueError(f"an experiment named {name!r} is already registered; choose another name")
+        EXPERIMENTS[name] = Experiment(name, title, run, dict(full), dict(smoke), dict(reference))
+        return run
+
+    return register
+
+
+# ---- what an experiment's numbers depend on ----------------------------------------------------
+
+
+def _code_objects(code: types.CodeType):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The ``course_code`` modules a source file imports (``from course_code import x``, ``course_code.x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "course_code":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("course_code."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("course_code.")}
+    return {name for name in found if (PACKAGE / f"{name}.py").is_file()}
+
+
+def dependencies(entry: Experiment) -> list[str]:
+    """The sources an experiment's numbers depend on: its own function and the helpers of this module it
+    calls (by name), and every ``course_code`` module they use, with the modules those import in turn."""
+    functions: dict[str, Callable] = {}
+    modules: set[str] = set()
+    constants: set[str] = set()
+    todo = [entry.run]
+    while todo:
+        function = todo.pop()
+        if function.__qualname__ in functions:
+            continue
+        functions[function.__qualname__] = function
+        for code in _code_objects(function.__code__):
+            for name in code.co_names:
+                value = function.__globals__.get(name)
+                if isinstance(value, types.FunctionType) and value.__module__ == __name__:
+                    todo.append(value)
+                elif name.isupper() and isinstance(value, (list, tuple, dict, str, int, float)):
+                    constants.add(name)
+                elif isinstance(value, types.ModuleType) and value.__name__.startswith("course_code."):
+                    modules.add(value.__name__.split(".")[1])
+                elif value is None and name != "reproduce" and (PACKAGE / f"{name}.py").is_file():
+                    modules.add(name)  # imported inside the function: from course_code import name
+    pending = list(modules)
+    while pending:
+        for name in _imported_modules(PACKAGE / f"{pending.pop()}.py") - modules:
+            modules.add(name)
+            pending.append(name)
+    names = functions.keys() | constants
+    return sorted(f"course_code/{name}.py" for name in modules) + sorted(f"course_code/reproduce.py:{name}" for name in names)
+
+
+def source_hash(entry: Experiment) -> str:
+    """SHA-256 of the sources :func:`dependencies` lists (functions with their decorators, so budgets included;
+    constants by their value)."""
+    digest = hashlib.sha256()
+    for label in dependencies(entry):
+        path, _, name = label.partition(":")
+        if not name:
+            text = (ROOT / path).read_text()
+        else:
+            value = globals()[name]
+            text = inspect.getsource(value) if callable(value) else repr(value)
+        digest.update(f"{label}\0{text}\0".encode())
+    return digest.hexdigest()
+
+
+# ---- provenance and the record ------------------------------------------------------------------
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    """The processor's name as the operating system reports it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(argv: list[str], seed: int, smoke: bool) -> dict:
+    """Everything about the run except its numbers and timing: command, seed, commit, versions, CPU, threads."""
+    import numpy as np
+
+    status = _git("status", "--porcelain", "--", ".", ":(exclude)results")
+    return {
+        "command": shlex.join(["python", "-m", "course_code.reproduce", *argv]),
+        "seed": seed,
+        "budget": "smoke" if smoke else "full",
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "course_code": course_code.__version__,
+        },
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+    }
+
+
+# Every record holds these fields, of these types (tests/test_reproduce.py checks the committed ones).
+SCHEMA = {
+    "schema": int,
+    "name": str,
+    "title": str,
+    "command": str,
+    "seed": int,
+    "budget": str,
+    "budget_settings": dict,
+    "git_commit": (str, type(None)),
+    "git_dirty": (bool, type(None)),
+    "versions": dict,
+    "cpu": str,
+    "cpu_count": int,
+    "threads": int,
+    "dtype": str,
+    "started": str,
+    "wall_time_s": float,
+    "load_average_start": list,
+    "load_average_end": list,
+    "source_hash": str,
+    "sources": list,
+    "reference": dict,
+    "results": dict,
+    "figure": str,
+}
+
+
+def check_record(record: dict) -> dict:
+    """Raise ValueError naming the first field of ``record`` that is missing or of the wrong type."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a result record must be a JSON object, got {type(record).__name__}")
+    for key, kind in SCHEMA.items():
+        if key not in record:
+            raise ValueError(f"the record has no {key!r} field; re-run python -m course_code.reproduce {record.get('name', 'NAME')}")
+        if isinstance(record[key], bool) and kind in (int, float):
+            raise ValueError(f"field {key!r} must be {kind.__name__}, got a bool")
+        if not isinstance(record[key], kind):
+            raise ValueError(f"field {key!r} has type {type(record[key]).__name__}, expected {kind}")
+    if record["budget"] not in ("full", "smoke"):
+        raise ValueError(f"field 'budget' must be 'full' or 'smoke', got {record['budget']!r}")
+    if not {"torch", "numpy", "course_code"} <= record["versions"].keys():
+        raise ValueError("field 'versions' must name torch, numpy and course_code")
+    for key in ("load_average_start", "load_average_end"):
+        if len(record[key]) != 3 or not all(isinstance(v, (int, float)) for v in record[key]):
+            raise ValueError(f"field {key!r} must hold the three load averages (1, 5, 15 minutes)")
+    if record["wall_time_s"] <= 0 or record["threads"] < 1:
+        raise ValueError("wall_time_s and threads must be positive")
+    return record
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write ``content`` to a temporary file beside ``path``, then rename it into place."""
+    tmp = training.temporary_name(path)
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def run_experiment(entry: Experiment, *, smoke: bool, seed: int, out: Path, argv: list[str], mnist: Path | None) -> dict:
+    """Run one experiment at its full (or smoke) budget and write its figure and record into ``out``."""
+    from course_code import plots
+
+    budget = entry.smoke if smoke else entry.full
+    record = {"schema": SCHEMA_VERSION, "name": entry.name, "title": entry.title}
+    record |= provenance(argv, seed, smoke)
+    record["budget_settings"] = budget
+    record["source_hash"] = source_hash(entry)  # the code as it was when the run began
+    record["sources"] = dependencies(entry)
+    record["started"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["load_average_start"] = list(os.getloadavg())
+    start = time.perf_counter()
+    results, fig = entry.run(budget, seed, mnist)
+    record["wall_time_s"] = round(time.perf_counter() - start, 1)
+    record["load_average_end"] = list(os.getloadavg())
+    record["reference"] = entry.reference
+    record["results"] = results
+    record["figure"] = f"{entry.name}.png"
+    check_record(record)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        write_atomic(out / record["figure"], plots.png(fig))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    write_atomic(out / f"{entry.name}.json", (json.dumps(record, indent=1, allow_nan=False) + "\n").encode())
+    return record
+
+
+def read_results(folder: Path = RESULTS) -> dict[str, dict]:
+    """Every recorded result in ``folder``, by experiment name, each checked against :data:`SCHEMA`."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(
+            f"no results folder at {folder}: the recorded results live in the course's repository (results/); "
+            "read them from a clone of it, or make them with python -m course_code.reproduce all"
+        )
+    return {path.stem: check_record(json.loads(path.read_text())) for path in sorted(folder.glob("*.json"))}
+
+
+def stale(records: dict[str, dict]) -> list[str]:
+    """The names of recorded results whose source hash differs from the code now here (or whose experiment is gone)."""
+    return [name for name, record in records.items() if name not in EXPERIMENTS or record["source_hash"] != source_hash(EXPERIMENTS[name])]
+
+
+# ---- what the experiments share ------------------------------------------------------------------
+
+
+def load_mnist(mnist: Path | None, binarize: str | None, seed: int) -> data.Dataset:
+    """Real MNIST from ``mnist`` or ``$COURSE_MNIST`` (never downloaded here: a result must say which files it read)."""
+    return data.load("mnist", binarize=binarize, mnist=mnist, seed=seed)
+
+
+def train_vae(x: torch.Tensor, z_dim: int, hidden: list[int], *, epochs: int, lr: float, dynamic: bool, seed: int):
+    """A fresh ``models.VAE`` (Bernoulli decoder) trained by ``training.fit`` with batch 128; returns (model, history)."""
+    torch.manual_seed(seed)
+    model = models.VAE(x.shape[1], z_dim, hidden)
+    history = training.fit(model, x, epochs=epochs, batch_size=128, lr=lr, dynamic_binarization=dynamic, seed=seed, progress=False)
+    return model, history
+
+
+def score_on_test(model: models.VAE, x_test: torch.Tensor, n_test: int, n_samples: int, seed: int) -> dict:
+    """Test ELBO over all of ``x_test``; importance-sampled log p(x) over its first ``n_test`` rows, with its standard error."""
+    torch.manual_seed(seed)
+    elbo = training.evaluate(model, x_test)["elbo"]
+    start = time.perf_counter()
+    log_px = training.log_px(model, x_test[:n_test], n_samples=n_samples, seed=seed)
+    seconds = time.perf_counter() - start
+    return {
+        "test_elbo": round(elbo, 3),
+        "log_px": round(log_px.mean().item(), 3),
+        "log_px_se": round(log_px.std().item() / math.sqrt(len(log_px)), 3),
+        "n_test": len(log_px),
+        "iw_samples": n_samples,
+        "log_px_images_per_s": round(len(log_px) / seconds, 1),
+    }
+
+
+def subset(x: torch.Tensor, n: int | None) -> torch.Tensor:
+    return x if n is None else x[:n]
+
+
+# ---- the experiments -----------------------------------------------------------------------------
+
+SEED_002_LOSSES = [147.484892, 122.673746, 119.444152, 118.063614, 117.056634]  # the seed's printed averages
+
+
+@experiment(
+    "seed002",
+    "Seed 002's recipe on real MNIST: 784-200-10, Bernoulli decoder, Adam (0.01), batch 128, 5 epochs",
+    full=dict(n_train=None, epochs=5, n_test=1_000, iw_samples=1_000),
+    smoke=dict(n_train=3_000, epochs=1, n_test=100, iw_samples=100),
+    reference={"epoch_loss": SEED_002_LOSSES, "source": "seed 002 (PyTorch tutorial, grey-level MNIST, average loss per epoch)"},
+)
+def seed002(budget: dict, seed: int, mnist: Path | None):
+    """The seed's run on grey levels (per-epoch average loss), then the same model on binarized digits (log p(x))."""
+    grey = load_mnist(mnist, None, seed)
+    model, grey_history = train_vae(subset(grey.x_train, budget["n_train"]), 10, [200], epochs=budget["epochs"], lr=0.01, dynamic=False, seed=seed)
+    grey_test_elbo = training.evaluate(model, grey.x_test)["elbo"]
+    binary = load_mnist(mnist, "dynamic", seed)
+    model, binary_history = train_vae(subset(binary.x_train, budget["n_train"]), 10, [200], epochs=budget["epochs"], lr=0.01, dynamic=True, seed=seed)
+    scores = score_on_test(model, binary.x_test, budget["n_test"], budget["iw_samples"], seed)
+    results = {
+        "grey_epoch_loss": [round(-e, 3) for e in grey_history["elbo"]],
+        "grey_epoch_time_s": [round(t, 1) for t in grey_history["time"]],
+        "grey_test_loss": round(-grey_test_elbo, 3),
+        "binary_epoch_loss": [round(-e, 3) for e in binary_history["elbo"]],
+        "binary_epoch_time_s": [round(t, 1) for t in binary_history["time"]],
+        "binary": scores,
+    }
+    return results, seed002_figure(results)
+
+
+def seed002_figure(results: dict):
+    """The seed's per-epoch losses against the course's, grey and binarized (drawn from a record's results)."""
+    import matplotlib.pyplot as plt  # colours C0, C2, C7 are plots.COLORS' ELBO, log p(x) and data
+
+    fig, ax = plt.subplots()
+    epochs = range(1, len(results["grey_epoch_loss"]) + 1)
+    ax.plot(range(1, 6), SEED_002_LOSSES, "o--", color="C7", label="seed 002 (grey)")
+    ax.plot(epochs, results["grey_epoch_loss"], "o-", color="C0", label="course (grey)")
+    ax.plot(epochs, results["binary_epoch_loss"], "s-", color="C2", label="course (binarized)")
+    ax.set(xlabel="epoch", ylabel="training loss (nats)", title="Seed 002's recipe on MNIST")
+    ax.legend()
+    return fig
+
+
+@experiment(
+    "latent",
+    "Latent size: ELBO and log p(x) of 784-200-z VAEs for z = 2, 5, 10, 20, 50 at one budget",
+    full=dict(latents=[2, 5, 10, 20, 50], hidden=200, n_train=None, epochs=3, lr=1e-3, n_test=500, iw_samples=1_000),
+    smoke=dict(latents=[2, 5, 10, 20, 50], hidden=100, n_train=2_000, epochs=1, lr=1e-3, n_test=50, iw_samples=50),
+    reference={
+        "claim": "more latent dimensions than needed do not make the bound worse: the KL term switches the spare ones off",
+        "source": "Kingma & Welling (2014), figure 2 (MNIST, latent sizes 3 to 200)",
+    },
+)
+def latent(budget: dict, seed: int, mnist: Path | None):
+    """One VAE per latent size, same data, epochs and optimizer; test ELBO and log p(x) of each."""
+    binary = load_mnist(mnist, "dynamic", seed)
+    x_train = subset(binary.x_train, budget["n_train"])
+    rows = []
+    for z_dim in budget["latents"]:
+        model, history = train_vae(x_train, z_dim, [budget["hidden"]], epochs=budget["epochs"], lr=budget["lr"], dynamic=True, seed=seed)
+        scores = score_on_test(model, binary.x_test, budget["n_test"], budget["iw_samples"], seed)
+        rows.append({"z_dim": z_dim, "train_elbo": round(history["elbo"][-1], 3), "train_time_s": round(history["time"][-1], 1), **scores})
+    return {"by_latent": rows}, latent_figure(rows, budget["epochs"])
+
+
+def latent_figure(rows: list[dict], epochs: int):
+    """Test ELBO and log p(x) against the latent size (drawn from a record's results)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    z = [row["z_dim"] for row in rows]
+    ax.plot(z, [row["test_elbo"] for row in rows], "o-", color="C0", label="test ELBO")
+    ax.errorbar(z, [row["log_px"] for row in rows], yerr=[2 * row["log_px_se"] for row in rows], fmt="s-", color="C2", capsize=3, label="log p(x) ± 2 s.e.")
+    ax.set_xscale("log")
+    ax.set_xticks(z, [str(v) for v in z])
+    ax.set(xlabel="latent size", ylabel="nats per image", title=f"Latent size at {epochs} epochs")
+    ax.legend()
+    return fig
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    from course_code.train import OneLineParser, positive_int, seed_value
+
+    parser = OneLineParser(prog="python -m course_code.reproduce", description="Run full-scale experiments on MNIST and record them.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"experiments to run: {', '.join(EXPERIMENTS)}, or all")
+    parser.add_argument("--smoke", action="store_true", help="the smoke budget (seconds; for tests), written to _build/reproduce-smoke")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--out", type=Path, help="folder for NAME.json and NAME.png (default results/, or _build/reproduce-smoke with --smoke)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="default 0")
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="torch's threads (default: all cores)")
+    parser.add_argument("--mnist", type=Path, help="folder of the four original MNIST .gz files (default: $COURSE_MNIST)")
+    args = parser.parse_args(argv)
+    if args.list:
+        return args
+    if not args.names:
+        parser.error(f"name an experiment: {', '.join(EXPERIMENTS)}, or all")
+    unknown = [name for name in args.names if name != "all" and name not in EXPERIMENTS]
+    if unknown:
+        parser.error(f"unknown experiment {unknown[0]!r}; the experiments are {', '.join(EXPERIMENTS)} (or all)")
+    if args.mnist is None and os.environ.get("COURSE_MNIST", "download") == "download":
+        parser.error(
+            "MNIST is needed: set COURSE_MNIST=/path/to/dir (a folder holding train-images-idx3-ubyte.gz, "
+            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz) or pass --mnist DIR"
+        )
+    args.names = list(EXPERIMENTS) if "all" in args.names else list(dict.fromkeys(args.names))
+    args.out = args.out or (SMOKE_OUT if args.smoke else RESULTS)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.list:
+        for entry in EXPERIMENTS.values():
+            print(f"{entry.name:<10} {entry.title}")
+        return 0
+    course_code.setup(args.seed, dtype=torch.float32, threads=args.threads, quiet=True)
+    for name in args.names:
+        print(f"{name}: {EXPERIMENTS[name].title} ({'smoke' if args.smoke else 'full'} budget, {torch.get_num_threads()} threads)", flush=True)
+        try:
+            record = run_experiment(EXPERIMENTS[name], smoke=args.smoke, seed=args.seed, out=args.out, argv=argv, mnist=args.mnist)
+        except data.DataUnavailableError as error:
+            print(f"error: {str(error).splitlines()[0]} Set COURSE_MNIST=/path/to/dir or pass --mnist DIR.", file=sys.stderr)
+            return 2
+        print(f"{name}: wrote {args.out / (name + '.json')} in {record['wall_time_s']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""course_code.reproduce: every experiment at its smoke budget on real MNIST, the committed records' schema and
+age, the source hash, and the command's errors."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from course_code import reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = sorted((ROOT / "results").glob("*.json"))
+
+
+@pytest.fixture(autouse=True)
+def restored():
+    deterministic, threads, dtype = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(), torch.get_default_dtype()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_originals):
+    return mnist_originals
+
+
+def finite_numbers(value):
+    """Every number in a JSON value, however nested."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from finite_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from finite_numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+@pytest.mark.parametrize("name", list(reproduce.EXPERIMENTS))
+def test_every_experiment_runs_at_its_smoke_budget_on_real_mnist(name, mnist, tmp_path, capsys):
+    assert reproduce.main([name, "--smoke", "--threads", "1", "--mnist", str(mnist), "--out", str(tmp_path)]) == 0
+    assert f"wrote {tmp_path / name}.json" in capsys.readouterr().out
+    record = reproduce.check_record(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert record["budget"] == "smoke" and record["budget_settings"] == reproduce.EXPERIMENTS[name].smoke
+    assert record["command"] == f"python -m course_code.reproduce {name} --smoke --threads 1 --mnist {mnist} --out {tmp_path}"
+    assert record["threads"] == 1 and record["source_hash"] == reproduce.source_hash(reproduce.EXPERIMENTS[name])
+    assert (tmp_path / record["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(math.isfinite(v) for v in finite_numbers(record["results"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{name}.json", f"{name}.png"])  # no temporary file left
+
+
+def test_seed002_at_smoke_budget_reports_what_the_page_reads(mnist, tmp_path):
+    reproduce.main(["seed002", "--smoke", "--threads", "1", "--mnist", str(mnist), "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "seed002.json").read_text())["results"]
+    epochs = reproduce.EXPERIMENTS["seed002"].smoke["epochs"]
+    assert len(results["grey_epoch_loss"]) == len(results["binary_epoch_loss"]) == epochs
+    assert 0 < results["grey_epoch_loss"][0] < 784 * math.log(2) * 1.5  # nats per image: near coin flips at worst
+    binary = results["binary"]
+    assert binary["n_test"] == reproduce.EXPERIMENTS["seed002"].smoke["n_test"] and binary["log_px_se"] > 0
+    assert -784 * math.log(2) * 1.5 < binary["test_elbo"] < 0 and -784 * math.log(2) * 1.5 < binary["log_px"] < 0
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
+def test_committed_results_follow_the_schema(path):
+    record = reproduce.check_record(json.loads(path.read_text()))
+    assert record["name"] == path.stem and path.stem in reproduce.EXPERIMENTS, f"{path.name} names no registered experiment"
+    assert record["budget"] == "full", f"{path.name} was made at the smoke budget; run make reproduce NAME={path.stem}"
+    entry = reproduce.EXPERIMENTS[path.stem]
+    if record["source_hash"] == reproduce.source_hash(entry):  # made by the code now here: at its full budget
+        assert record["budget_settings"] == entry.full
+    assert record["command"].startswith(f"python -m course_code.reproduce {path.stem}")
+    assert record["git_commit"] and isinstance(record["git_dirty"], bool)  # the page prints both
+    assert (path.parent / record["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_are_committed():
+    assert {p.stem for p in RECORDS} == set(reproduce.EXPERIMENTS), "every experiment has a recorded result in results/"
+
+
+def test_the_page_names_exactly_the_results_older_than_the_code():
+    """The committed page says which records the code has moved past; a stale page fails here (and under nbval)."""
+    notebook = nbformat.read(ROOT / "book" / "at_full_scale.ipynb", as_version=4)
+    lines = [
+        line
+        for cell in notebook.cells if cell.cell_type == "code"
+        for output in cell.get("outputs", []) if output.get("name") == "stdout"
+        for line in output["text"].splitlines() if line.startswith("Older than the code:")
+    ]
+    assert len(lines) == 1, "the page must print one line 'Older than the code: ...'"
+    stale = reproduce.stale(reproduce.read_results(ROOT / "results"))
+    assert lines[0] == f"Older than the code: {', '.join(stale) or 'none'}"
+
+
+def test_a_change_to_a_module_an_experiment_uses_changes_its_hash(tmp_path, monkeypatch):
+    entry = reproduce.EXPERIMENTS["seed002"]
+    before = reproduce.source_hash(entry)
+    assert "course_code/models.py" in reproduce.dependencies(entry) and "course_code/objectives.py" in reproduce.dependencies(entry)
+    shutil.copytree(reproduce.PACKAGE, tmp_path / "course_code")
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    assert reproduce.source_hash(entry) == before  # the same files give the same hash
+    with open(tmp_path / "course_code" / "objectives.py", "a") as f:  # objectives is reached only through models' imports
+        f.write("\n# a change\n")
+    assert reproduce.source_hash(entry) != before
+
+
+def test_stale_names_the_records_whose_hash_differs():
+    records = {name: {"source_hash": reproduce.source_hash(entry)} for name, entry in reproduce.EXPERIMENTS.items()}
+    assert reproduce.stale(records) == []
+    records["seed002"]["source_hash"] = "0" * 64
+    records["retired"] = {"source_hash": "0" * 64}
+    assert reproduce.stale(records) == ["seed002", "retired"]
+
+
+def test_check_record_names_the_missing_or_wrong_field():
+    good = {
+        "schema": 1, "name": "seed002", "title": "t", "command": "python -m course_code.reproduce seed002", "seed": 0,
+        "budget": "full", "budget_settings": {}, "git_commit": None, "git_dirty": None,
+        "versions": {"torch": "2", "numpy": "2", "course_code": "0"}, "cpu": "c", "cpu_count": 2, "threads": 1,
+        "dtype": "float32", "started": "2026-11-30T00:00:00+00:00", "wall_time_s": 1.0, "load_average_start": [1, 1, 1],
+        "load_average_end": [1.0, 1.0, 1.0], "source_hash": "0" * 64, "sources": [], "reference": {}, "results": {},
+        "figure": "seed002.png",
+    }
+    assert reproduce.check_record(dict(good)) == good
+    with pytest.raises(ValueError, match="no 'source_hash' field"):
+        reproduce.check_record({k: v for k, v in good.items() if k != "source_hash"})
+    with pytest.raises(ValueError, match="field 'wall_time_s'"):
+        reproduce.check_record(good | {"wall_time_s": "ten"})
+    with pytest.raises(ValueError, match="'budget' must be 'full' or 'smoke'"):
+        reproduce.check_record(good | {"budget": "medium"})
+    with pytest.raises(ValueError, match="three load averages"):
+        reproduce.check_record(good | {"load_average_end": [1.0]})
+
+
+def test_an_unknown_name_lists_the_experiments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["nope"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unknown experiment 'nope'" in err
+    assert all(name in err for name in reproduce.EXPERIMENTS) and err.count("\n") == 1
+
+
+def test_missing_mnist_says_how_to_point_course_mnist(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("COURSE_MNIST", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["seed002", "--smoke", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "COURSE_MNIST=/path/to/dir" in capsys.readouterr().err
+    assert reproduce.main(["seed002", "--smoke", "--threads", "1", "--mnist", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a directory" in err and "COURSE_MNIST" in err and not (tmp_path / "seed002.json").exists()
+
+
+def test_a_name_is_registered_once():
+    with pytest.raises(ValueError, match="already registered"):
+        reproduce.experiment("seed002", "again", full={}, smoke={}, reference={})(lambda budget, seed, mnist: None)
