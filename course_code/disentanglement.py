@@ -114,10 +114,54 @@ def mig(latents: Tensor, factors: Tensor, bins: int = 20) -> dict[str, Tensor]:
     information = mutual_information_matrix(latents, factors, bins)
     if information.shape[0] < 2:
         raise ValueError("mig needs at least two latent dimensions (a gap between the best and the second best)")
-    top = information.topk(2, dim=0).values  # (2, K)
     entropy = torch.stack([discrete_entropy(factors[:, k]) for k in range(factors.shape[1])])
-    gaps = (top[0] - top[1]) / entropy
+    gaps = information_gaps(information, entropy)
     return {"mig": gaps.mean(), "gaps": gaps, "information": information}
+
+
+def information_gaps(information: Tensor, entropy: Tensor) -> Tensor:
+    """Each factor's gap (eq. `eq-mig`): the largest minus the second-largest I(z_j; v_k) over j, divided by H(v_k).
+
+    ``information`` (d, K) holds I(z_j; v_k) in nats, ``entropy`` (K,) holds H(v_k); the result has shape (K,).
+    """
+    arguments.tensor("information", information, 2, "(d, K)")
+    arguments.tensor("entropy", entropy, 1, "(K,)")
+    if information.shape[0] < 2 or entropy.shape[0] != information.shape[1]:
+        raise ValueError(f"information must be (d, K) with d >= 2 and entropy (K,), got {tuple(information.shape)} "
+                         f"and {tuple(entropy.shape)}")
+    top = information.topk(2, dim=0).values  # (2, K)
+    return (top[0] - top[1]) / entropy
+
+
+def gaussian_total_correlation(cov: Tensor) -> Tensor:
+    """TC of N(m, Σ) in closed form: ½ (Σ_j log Σ_jj − log det Σ), for covariances (..., d, d): shape (...)."""
+    arguments.tensor("cov", cov)
+    if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
+        raise ValueError(f"cov must hold square covariance matrices (..., d, d), got shape {tuple(cov.shape)}")
+    log_det = 2 * torch.linalg.cholesky(cov).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (cov.diagonal(dim1=-2, dim2=-1).log().sum(-1) - log_det)
+
+
+def minibatch_log_aggregate(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int) -> tuple[Tensor, Tensor]:
+    """log q(z_i) and log q(z_ij) of a batch's own draws, estimated from the batch alone (eq. `eq-stratified`).
+
+    ``z``, ``mu``, ``logvar`` (M, d): draw z_i ~ q(z|x_i) and the posteriors of M distinct datapoints
+    out of N = ``dataset_size``. The aggregate q(z_i) = (1/N) Σ_n q(z_i|x_n) is estimated by its own
+    datapoint's term, weighted 1/N, plus the other M − 1 posteriors standing for the other N − 1
+    datapoints, each weighted (N − 1)/(N (M − 1)): unbiased for a random batch, exact when M = N.
+    Returns log q(z_i) (M,) and every dimension's log q(z_ij) (M, d).
+    """
+    m = arguments.tensor("z", z, 2, "(M, d)").shape[0]
+    n = arguments.integer("dataset_size", dataset_size, minimum=m)
+    if m < 2:
+        raise ValueError("minibatch_log_aggregate needs a batch of at least two datapoints")
+    # log q(z_ij | x_m) for every pair of batch members i, m and dimension j: (M, M, d)
+    pairwise = -0.5 * (LOG_2PI + logvar[None] + (z[:, None, :] - mu[None]) ** 2 * torch.exp(-logvar[None]))
+    log_w = torch.full((m, m), math.log((n - 1) / (n * (m - 1))), dtype=z.dtype, device=z.device)
+    log_w.fill_diagonal_(-math.log(n))
+    log_q = torch.logsumexp(pairwise.sum(-1) + log_w, dim=1)
+    log_q_dims = torch.logsumexp(pairwise + log_w[..., None], dim=1)
+    return log_q, log_q_dims
 
 
 class TCVAE(models.VAE):
@@ -125,9 +169,9 @@ class TCVAE(models.VAE):
 
     Its loss, for a batch of M datapoints out of ``dataset_size``, is
     −[log p(x|z) − (log q(z|x) − log q(z)) − β·(log q(z) − Σ_j log q(z_j)) − Σ_j (log q(z_j) − log p(z_j))]
-    with q(z) and q(z_j) estimated from the batch by minibatch-weighted sampling:
-    log q(z_i) ≈ logsumexp_m log q(z_i|x_m) − log(N·M). With β = 1 it is the usual ELBO
-    (up to that estimate). The ``beta`` of :meth:`loss` weights the total correlation only.
+    (eq. `eq-tcvae`) with q(z) and q(z_j) estimated from the batch by :func:`minibatch_log_aggregate`.
+    With β = 1 it is the usual ELBO, whatever the estimate. The ``beta`` of :meth:`loss` weights the
+    total correlation only.
     """
 
     def __init__(self, *args, dataset_size: int, **kwargs):
@@ -145,11 +189,7 @@ class TCVAE(models.VAE):
         z = reparameterize(mu, logvar)  # (M, d)
         rec = self.log_likelihood(x, z[None])[0]
         log_q_given_x = log_normal(z, mu, logvar)
-        # log q(z_ij | x_m) for every pair of datapoints i, m and dimension j: (M, M, d)
-        pairwise = -0.5 * (LOG_2PI + logvar[None] + (z[:, None, :] - mu[None]) ** 2 * torch.exp(-logvar[None]))
-        log_nm = math.log(self.dataset_size * len(x))
-        log_q = torch.logsumexp(pairwise.sum(-1), dim=1) - log_nm
-        log_q_dims = torch.logsumexp(pairwise, dim=1) - log_nm  # (M, d)
+        log_q, log_q_dims = minibatch_log_aggregate(z, mu, logvar, max(self.dataset_size, len(x)))
         mi = log_q_given_x - log_q
         tc = log_q - log_q_dims.sum(-1)
         dim_kl = log_q_dims.sum(-1) - log_standard_normal(z)

@@ -126,3 +126,74 @@ def test_tcvae_with_weight_one_is_an_elbo_estimate_and_its_parts_add_up():
     torch.manual_seed(1)
     heavier, _ = model.loss(s.images[:64], beta=6.0)
     assert heavier.item() == pytest.approx(loss.item() + 5.0 * stats["tc"])
+
+
+def test_information_gaps_by_hand():
+    information = torch.tensor([[0.9, 0.1], [0.3, 0.2], [0.0, 0.6]])  # d = 3 latent dimensions, K = 2 factors
+    entropy = torch.tensor([1.2, 0.8])
+    torch.testing.assert_close(disentanglement.information_gaps(information, entropy), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="entropy"):
+        disentanglement.information_gaps(information, torch.ones(3))
+
+
+def test_gaussian_total_correlation_in_two_dimensions_is_the_mutual_information():
+    """For d = 2 the TC is I(z1; z2) = −½ log(1 − ρ²), whatever the two variances."""
+    rho, s1, s2 = 0.6, 2.0, 0.5
+    cov = torch.tensor([[s1**2, rho * s1 * s2], [rho * s1 * s2, s2**2]])
+    torch.testing.assert_close(disentanglement.gaussian_total_correlation(cov), torch.tensor(-0.5 * math.log(1 - rho**2)))
+
+
+def test_gaussian_total_correlation_against_monte_carlo():
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(4, 4, generator=g)
+    cov = a @ a.T + 0.5 * torch.eye(4)
+    joint = torch.distributions.MultivariateNormal(torch.zeros(4), cov)
+    marginals = torch.distributions.Normal(torch.zeros(4), cov.diagonal().sqrt())
+    torch.manual_seed(8)
+    z = joint.sample((200_000,))
+    estimate = (joint.log_prob(z) - marginals.log_prob(z).sum(-1)).mean()
+    assert abs(disentanglement.gaussian_total_correlation(cov) - estimate) < 0.01
+    batch = torch.stack([cov, torch.diag(cov.diagonal())])  # a diagonal covariance has no total correlation
+    assert disentanglement.gaussian_total_correlation(batch)[1].abs() < 1e-12
+
+
+def test_the_minibatch_estimate_is_exact_for_the_whole_dataset():
+    mu, logvar = _posteriors(n=30, d=3, seed=9)
+    z = distributions.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(10))
+    log_q, log_q_dims = disentanglement.minibatch_log_aggregate(z, mu, logvar, dataset_size=30)
+    from course_code.diagnostics import _log_aggregate
+
+    torch.testing.assert_close(log_q, _log_aggregate(z, mu, logvar))
+    torch.testing.assert_close(log_q_dims[:, 1], _log_aggregate(z[:, 1:2], mu[:, 1:2], logvar[:, 1:2]))
+
+
+def test_the_minibatch_estimate_of_q_is_unbiased_over_every_batch():
+    """N = 6 datapoints, batches of M = 3 holding datapoint 0: the estimates of q(z_0), averaged over
+    every choice of the two other members, equal (1/N) Σ_n q(z_0|x_n)."""
+    import itertools
+
+    mu, logvar = _posteriors(n=6, d=2, seed=11)
+    z0 = torch.tensor([0.3, -0.4])
+    exact = distributions.log_normal(z0, mu, logvar).exp().mean()
+    estimates = []
+    for others in itertools.combinations(range(1, 6), 2):
+        idx = torch.tensor([0, *others])
+        z = torch.stack([z0, z0, z0])  # only row 0's estimate is used
+        log_q, _ = disentanglement.minibatch_log_aggregate(z, mu[idx], logvar[idx], dataset_size=6)
+        estimates.append(log_q[0].exp())
+    torch.testing.assert_close(torch.stack(estimates).mean(), exact)
+
+
+def test_the_tcvae_total_correlation_is_close_to_the_whole_data_decomposition():
+    """Posteriors that overlap little, as after training: the batch estimate of TC stays near the exact one."""
+    g = torch.Generator().manual_seed(12)
+    mu = torch.randn(400, 4, generator=g) @ torch.tensor([[1.0, 0.8, 0, 0], [0, 0.6, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    logvar = torch.full_like(mu, -4.0)
+    exact = disentanglement.kl_decomposition(mu, logvar, n_samples=2, generator=g)["total_correlation"]
+    estimates = []
+    for _ in range(20):
+        idx = torch.randperm(400, generator=g)[:64]
+        z = distributions.reparameterize(mu[idx], logvar[idx], generator=g)
+        log_q, log_q_dims = disentanglement.minibatch_log_aggregate(z, mu[idx], logvar[idx], dataset_size=400)
+        estimates.append((log_q - log_q_dims.sum(-1)).mean())
+    assert abs(torch.stack(estimates).mean() - exact) < 0.15 * exact, (torch.stack(estimates).mean(), exact)
