@@ -1488,3 +1488,62 @@ def vamp_log_prior(fn: Callable[[torch.nn.Module, Tensor, Tensor], Tensor]) -> N
         "the equal weights 1/K.",
         references=(diagnostics.aggregate_log_density,),
     )
+
+
+# --- Chapter 11: β > 1 and disentanglement ---
+
+
+def information_gaps(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(information, entropy)`` = each factor's gap, (largest − second-largest I(z_j; v_k) over j) / H(v_k) (exercise 11.1, eq. `eq-mig`)."""
+    from course_code import disentanglement
+
+    g = _generator(110)
+    cases = [
+        {"information": torch.tensor([[0.9, 0.1], [0.3, 0.2], [0.0, 0.6]]), "entropy": torch.tensor([1.2, 0.8])},
+        {"information": torch.tensor([[0.5, 0.0, 0.0], [0.5, 0.7, 0.1]]), "entropy": torch.tensor([0.7, 1.4, 2.0])},  # a tie
+    ] + [
+        {"information": torch.rand(d, k, generator=g) * 2, "entropy": torch.rand(k, generator=g) * 2 + 1.5}
+        for d, k in ((5, 4), (7, 3))
+    ]
+    return compare(
+        "information_gaps",
+        fn,
+        disentanglement.information_gaps,
+        cases,
+        hint="for each factor k (a column of information), sort the column over the latent dimensions j (axis 0), "
+        "subtract the second largest value from the largest, and divide by entropy[k]; the result has one gap per factor.",
+        references=(disentanglement.information_gaps, disentanglement.mig),
+        mistakes=(("the gap not divided by the factor's entropy H(v_k)",
+                   lambda information, entropy: information.topk(2, dim=0).values.diff(dim=0)[0].neg()),
+                  ("the largest minus the smallest I(z_j; v_k), where the second largest belongs",
+                   lambda information, entropy: (information.max(0).values - information.min(0).values) / entropy)),
+    )
+
+
+def gaussian_total_correlation(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(cov)`` = ½ (Σ_j log Σ_jj − log det Σ) for covariances (..., d, d) (exercise 11.2, eq. `eq-gaussian-tc`)."""
+    from course_code import disentanglement
+
+    g = _generator(111)
+
+    def covariances(*shape):
+        a = torch.randn(*shape, shape[-1], generator=g)
+        return a @ a.transpose(-1, -2) + 0.3 * torch.eye(shape[-1])
+
+    cases = [
+        {"cov": torch.tensor([[4.0, 1.2], [1.2, 1.0]])},
+        {"cov": torch.diag(torch.tensor([0.5, 2.0, 3.0]))},  # independent coordinates: no total correlation
+        {"cov": covariances(4)},
+        {"cov": covariances(3, 5)},
+    ]
+    return compare(
+        "gaussian_total_correlation",
+        fn,
+        disentanglement.gaussian_total_correlation,
+        cases,
+        hint="TC = KL(N(0, Σ) ‖ Π_j N(0, Σ_jj)) = ½ (Σ_j log Σ_jj − log det Σ): the log-variances of the marginals "
+        "(the diagonal) minus the log-determinant (torch.linalg.slogdet or a Cholesky factor), one value per matrix.",
+        references=(disentanglement.gaussian_total_correlation,),
+        mistakes=(("½ (Σ_j log Σ_jj − log det Σ) with the variances' square roots on the diagonal: use the variances Σ_jj",
+                   lambda cov: 0.5 * (0.5 * cov.diagonal(dim1=-2, dim2=-1).log().sum(-1) - torch.linalg.slogdet(cov)[1])),),
+    )

@@ -292,3 +292,59 @@ def synthetic_one_latent(n: int, x_dim: int = 20, seed: int = 0) -> tuple[Tensor
     for i in range(x_dim):
         x[:, i] = torch.bernoulli(torch.sigmoid(a[i] * z[:, 0] + b[i] + x @ W[i]), generator=g)
     return x, z
+
+
+SPRITE_SHAPES = ("square", "disk", "triangle")
+
+
+@dataclass(frozen=True)
+class Sprites:
+    """Binary 16×16 images of one shape each, with the generating factors of every image (chapter 11).
+
+    ``factors[n]`` holds image n's shape, scale, x and y as integer levels (columns in the order of
+    ``factor_names``); ``factor_sizes`` gives each factor's number of levels. Every combination of
+    levels appears exactly once, so the factors are independent and uniform over the images.
+    """
+
+    images: Tensor  # (N, 256), 0/1, torch's default dtype
+    factors: Tensor  # (N, 4), int64
+    factor_names: tuple[str, ...] = ("shape", "scale", "x", "y")
+    image_shape: tuple[int, int] = (16, 16)
+
+    @property
+    def factor_sizes(self) -> tuple[int, ...]:
+        return tuple(int(self.factors[:, k].max()) + 1 for k in range(self.factors.shape[1]))
+
+
+def sprites(scales: tuple[float, ...] = (4.0, 6.0, 8.0), positions: int = 8) -> Sprites:
+    """Every sprite of the course's small dSprites-like set (in the spirit of Matthey et al., 2017).
+
+    A square, a disk or an upward triangle of side (or diameter) ``scale`` pixels, centred at one of
+    ``positions`` × ``positions`` points evenly spaced so that the largest shape stays inside the
+    16 × 16 frame: 3 × len(scales) × positions² images, the same on every machine (no randomness).
+    """
+    if not scales or any(arguments.number("every scale", s, positive=True) > 8 for s in scales):
+        raise ValueError(f"scales must be a non-empty sequence of sizes in (0, 8] pixels, got {scales!r}")
+    arguments.integer("positions", positions, minimum=2)
+    centres = np.linspace(4.0, 12.0, positions)
+    grid = np.arange(16) + 0.5  # pixel centres
+    v, u = np.meshgrid(grid, grid, indexing="ij")  # v: row (downwards), u: column
+    images, factors = [], []
+    for s, shape in enumerate(SPRITE_SHAPES):
+        for k, scale in enumerate(scales):
+            h = scale / 2
+            for i, cx in enumerate(centres):
+                for j, cy in enumerate(centres):
+                    du, dv = u - cx, v - cy
+                    if shape == "square":
+                        inside = (np.abs(du) <= h) & (np.abs(dv) <= h)
+                    elif shape == "disk":
+                        inside = du**2 + dv**2 <= h**2
+                    else:  # apex at the top, base at the bottom
+                        inside = (np.abs(dv) <= h) & (np.abs(du) <= (dv + h) / 2)
+                    images.append(inside.reshape(-1))
+                    factors.append((s, k, i, j))
+    return Sprites(
+        images=torch.tensor(np.array(images), dtype=torch.get_default_dtype()),
+        factors=torch.tensor(factors, dtype=torch.int64),
+    )

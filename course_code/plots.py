@@ -341,3 +341,18 @@ def latent_holes(axis: Tensor, log_q: Tensor, log_p: Tensor, hole: Tensor, title
     ax.set(xlabel="$z_1$", ylabel="$z_2$", title=title)
     ax.grid(False)
     return ax, image
+
+
+def seed_spread(values: dict, ylabel: str, title: str = "", ax=None):
+    """One column per setting, one point per seed, the median as a short black bar (chapter 11)."""
+    ax = _axis(ax)
+    cmap = plt.get_cmap("tab10")
+    for i, points in enumerate(values.values()):
+        points = np.asarray(points, dtype=float)
+        offsets = np.linspace(-0.15, 0.15, len(points)) if len(points) > 1 else np.zeros(1)
+        ax.plot(i + offsets, points, "o", ms=5, color=cmap(i), alpha=0.85)
+        ax.hlines(np.median(points), i - 0.28, i + 0.28, color="black", lw=1.5)
+    ax.set_xticks(range(len(values)), list(values))
+    ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.set(ylabel=ylabel, title=title)
+    return ax

@@ -168,6 +168,14 @@ MISTAKES = {
         0.5 * (mu**2 + logvar.exp() - 1 - logvar)).clamp(min=free_bits).mean(0).sum(), "applied to each datapoint's KL"),
     "free bits: on the total": (checks.free_bits_kl, lambda mu, logvar, free_bits: (
         0.5 * (mu**2 + logvar.exp() - 1 - logvar)).mean(0).sum().clamp(min=free_bits), "applied to the total KL"),
+    # chapter 11
+    "gaps: not normalized": (checks.information_gaps, lambda information, entropy: (
+        information.sort(0, descending=True).values[0] - information.sort(0, descending=True).values[1]),
+        "not divided by the factor's entropy"),
+    "gaps: largest minus smallest": (checks.information_gaps, lambda information, entropy: (
+        information.max(0).values - information.min(0).values) / entropy, "where the second largest belongs"),
+    "gaussian tc: standard deviations": (checks.gaussian_total_correlation, lambda cov: 0.5 * (
+        0.5 * cov.diagonal(dim1=-2, dim2=-1).log().sum(-1) - torch.logdet(cov)), "with the variances' square roots"),
 }
 
 NEAR_MISSES = {

@@ -69,3 +69,14 @@ def test_latent_holes_draws_the_ratio_map_with_the_holes_outlined(styled):
     assert ax.get_title() == "holes" and image.get_extent() == [-3.0, 3.0, -3.0, 3.0]
     assert len(ax.collections) >= 2  # the holes' outline and the prior's 90% region
     plt.close(ax.figure)
+
+
+def test_seed_spread_draws_one_point_per_seed_and_a_median_bar_per_setting(styled):
+    values = {"a": [0.1, 0.3, 0.2], "b": [0.5, 0.4, 0.9]}
+    ax = plots.seed_spread(values, ylabel="MIG", title="t")
+    points = [line.get_ydata() for line in ax.get_lines()]
+    assert [list(p) for p in points] == [[0.1, 0.3, 0.2], [0.5, 0.4, 0.9]]
+    medians = [segments[0][0][1] for segments in (c.get_segments() for c in ax.collections)]
+    assert medians == [0.2, 0.5]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    assert plots.smallest_font(ax.figure) >= 9
