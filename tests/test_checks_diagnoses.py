@@ -168,6 +168,11 @@ MISTAKES = {
         0.5 * (mu**2 + logvar.exp() - 1 - logvar)).clamp(min=free_bits).mean(0).sum(), "applied to each datapoint's KL"),
     "free bits: on the total": (checks.free_bits_kl, lambda mu, logvar, free_bits: (
         0.5 * (mu**2 + logvar.exp() - 1 - logvar)).mean(0).sum().clamp(min=free_bits), "applied to the total KL"),
+    # chapter 13
+    "gumbel-softmax: τ on the logits only": (checks.gumbel_softmax_sample, lambda logits, noise, temperature: torch.softmax(
+        logits / temperature + noise, dim=-1), "the logits divided by the temperature and the noise not"),
+    "quantize: largest dot product": (checks.quantize_vectors, lambda z_e, codebook: codebook[(z_e @ codebook.T).argmax(-1)],
+                                      "the largest dot product, not the smallest distance"),
 }
 
 NEAR_MISSES = {
