@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from course_code import arguments
 from course_code.distributions import log_bernoulli
+from course_code.models import mlp
 
 ESTIMATORS = ("score", "gumbel_softmax", "straight_through")
 
@@ -199,6 +200,8 @@ def restart_dead_codes(model: "VQVAE", x: Tensor, generator: torch.Generator | N
 class VQVAE(nn.Module):
     """A VQ-VAE on flat images: an MLP encoder to ``n_latents`` vectors of width ``code_dim``, each replaced by its
     nearest of ``n_codes`` codebook vectors, and a Bernoulli MLP decoder (van den Oord et al., 2017; eq. `eq-vq-loss`).
+
+    The codebook starts uniform in [−1/K, 1/K] (torch's global generator, like the layers' weights).
     """
 
     def __init__(self, x_dim: int = 64, n_latents: int = 4, code_dim: int = 2, n_codes: int = 16,
@@ -212,8 +215,6 @@ class VQVAE(nn.Module):
         self.config = dict(x_dim=x_dim, n_latents=n_latents, code_dim=code_dim, n_codes=n_codes, hidden=hidden,
                            commitment=commitment)
         self.x_dim, self.n_latents, self.code_dim, self.n_codes, self.commitment = x_dim, n_latents, code_dim, n_codes, commitment
-        from course_code.models import mlp  # floor 3: the same layers as the VAE's
-
         self.encoder = mlp([x_dim, *hidden, n_latents * code_dim])
         self.decoder = mlp([n_latents * code_dim, *hidden[::-1], x_dim])
         self.codebook = nn.Parameter(torch.empty(n_codes, code_dim).uniform_(-1 / n_codes, 1 / n_codes))
@@ -221,6 +222,7 @@ class VQVAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """The encoder's continuous outputs z_e(x), shape ``(B, n_latents, code_dim)``."""
         arguments.tensor("x", x, 2, "(B, D)")
+        arguments.matching_dtype("x", x, self.codebook.dtype)
         if x.shape[1] != self.x_dim:
             raise ValueError(f"x has {x.shape[1]} features per datapoint, the model expects {self.x_dim}")
         return self.encoder(x).reshape(len(x), self.n_latents, self.code_dim)

@@ -289,3 +289,15 @@ def test_two_categories_give_chapter_3s_bernoulli_estimator_times_dp_dtheta():
         assert abs(estimates.mean() - exact) < 4 * estimates.std() / 100000**0.5
     assert abs(ours.var() / bernoulli.var() - 1) < 0.03
     assert torch.allclose(discrete.exact_gradient(lambda z: 2.0 * z[:, 1] + 0.5, theta)[1], exact)
+
+
+def test_vqvae_refuses_data_it_cannot_use():
+    vq = tiny_vqvae()
+    with pytest.raises(TypeError, match="x has dtype torch.float32"):
+        vq.loss(torch.zeros(2, 5, dtype=torch.float32))
+    with pytest.raises(ValueError, match="x has 4 features"):
+        vq.encode(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="n_codes must be at least 2"):
+        discrete.VQVAE(n_codes=1)
+    with pytest.raises(ValueError, match="codebook's width"):
+        discrete.quantize(torch.zeros(3, 4), torch.zeros(5, 2))
