@@ -1547,3 +1547,51 @@ def gaussian_total_correlation(fn: Callable[[Tensor], Tensor]) -> None:
         mistakes=(("½ (Σ_j log Σ_jj − log det Σ) with the variances' square roots on the diagonal: use the variances Σ_jj",
                    lambda cov: 0.5 * (0.5 * cov.diagonal(dim1=-2, dim2=-1).log().sum(-1) - torch.linalg.slogdet(cov)[1])),),
     )
+
+
+# --- Chapter 13: Discrete latent variables ---
+
+
+def gumbel_softmax_sample(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
+    """Check ``fn(logits, noise, temperature)`` = softmax((θ + g)/τ) for every row of Gumbel noise (exercise ex-13-gumbel-softmax, eq. `eq-gumbel-softmax`)."""
+    g = _generator(13)
+    cases = [{"logits": torch.zeros(2), "noise": torch.zeros(1, 2), "temperature": 1.0}]
+    for n, k, tau in ((5, 3, 0.5), (4, 6, 2.0), (7, 2, 0.1)):  # n and K differ, τ other than 1
+        cases.append({"logits": 2 * torch.randn(k, generator=g), "noise": -torch.log(-torch.log(torch.rand(n, k, generator=g))),
+                      "temperature": tau})
+    return compare(
+        "gumbel_softmax_sample",
+        fn,
+        lambda logits, noise, temperature: torch.softmax((logits + noise) / temperature, dim=-1),
+        cases,
+        hint="add the noise to the logits first, then divide the sum by the temperature, then softmax over the "
+        "category axis (the last one); the result has the noise's shape (n, K) and each row sums to 1.",
+        mistakes=[("the logits divided by the temperature and the noise not: divide their sum by τ",
+                   lambda logits, noise, temperature: torch.softmax(logits / temperature + noise, dim=-1))],
+    )
+
+
+def quantize_vectors(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(z_e, codebook)`` = the nearest codebook vector to every z_e, in Euclidean distance (exercise ex-13-quantize, eq. `eq-vq-nearest`)."""
+    from course_code import discrete
+
+    g = _generator(14)
+    cases = [{"z_e": torch.tensor([[[0.4, 0.0]]]), "codebook": torch.tensor([[0.0, 0.0], [1.0, 0.0]])}]
+    for b, m, k, d in ((5, 3, 4, 2), (4, 2, 7, 3), (6, 1, 3, 5)):  # B, m, K and D all different
+        codebook = torch.randn(k, d, generator=g) * torch.linspace(0.3, 3.0, k)[:, None]  # codes of unequal length
+        cases.append({"z_e": 1.5 * torch.randn(b, m, d, generator=g), "codebook": codebook})
+
+    def by_dot_product(z_e, codebook):
+        return codebook[(z_e @ codebook.T).argmax(-1)]
+
+    return compare(
+        "quantize_vectors",
+        fn,
+        lambda z_e, codebook: discrete.quantize(z_e, codebook)[1],
+        cases,
+        hint="for every vector z_e[b, j] compute its squared distance to every row e_k of the codebook, shape (B, m, K) "
+        "(z_e[..., None, :] against codebook), take the argmin over K, and return codebook[indices], shape (B, m, D).",
+        references=(discrete.quantize,),
+        mistakes=[("the codebook vector with the largest dot product, not the smallest distance: the codes' lengths "
+                   "‖e_k‖² differ, so compare distances", by_dot_product)],
+    )

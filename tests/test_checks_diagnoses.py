@@ -176,6 +176,11 @@ MISTAKES = {
         information.max(0).values - information.min(0).values) / entropy, "where the second largest belongs"),
     "gaussian tc: standard deviations": (checks.gaussian_total_correlation, lambda cov: 0.5 * (
         0.5 * cov.diagonal(dim1=-2, dim2=-1).log().sum(-1) - torch.logdet(cov)), "with the variances' square roots"),
+    # chapter 13
+    "gumbel-softmax: τ on the logits only": (checks.gumbel_softmax_sample, lambda logits, noise, temperature: torch.softmax(
+        logits / temperature + noise, dim=-1), "the logits divided by the temperature and the noise not"),
+    "quantize: largest dot product": (checks.quantize_vectors, lambda z_e, codebook: codebook[(z_e @ codebook.T).argmax(-1)],
+                                      "the largest dot product, not the smallest distance"),
 }
 
 NEAR_MISSES = {
