@@ -143,8 +143,20 @@ def aggregate_kl_on_grid(mu: Tensor, logvar: Tensor, grid: Tensor, log_prior: Te
     arguments.tensor("log_prior", log_prior, 1, "(G,)")
     if len(log_prior) != len(grid):
         raise ValueError(f"log_prior has {len(log_prior)} values for {len(grid)} grid points: give one per point")
-    log_q = torch.log_softmax(aggregate_log_density(grid, mu, logvar), 0)
-    log_p = torch.log_softmax(log_prior, 0)
+    return kl_on_grid(aggregate_log_density(grid, mu, logvar), log_prior)
+
+
+def kl_on_grid(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """KL(q ‖ p) from log q(z) and log p(z) at the G points of a regular grid, each up to a constant, shape (G,) (chapter 9).
+
+    Both are normalized to sum to one over the points, as in :func:`aggregate_kl_on_grid`; given the
+    log q(z) already computed on the grid, this skips computing it again.
+    """
+    arguments.tensor("log_q", log_q, 1, "(G,)")
+    arguments.tensor("log_p", log_p, 1, "(G,)")
+    if log_q.shape != log_p.shape:
+        raise ValueError(f"log_q has {len(log_q)} grid points and log_p has {len(log_p)}: give both at the same points")
+    log_q, log_p = torch.log_softmax(log_q, 0), torch.log_softmax(log_p, 0)
     return (log_q.exp() * (log_q - log_p)).sum()
 
 

@@ -136,6 +136,16 @@ def test_aggregate_kl_on_grid_is_the_closed_form_kl_for_one_gaussian():
         diagnostics.aggregate_kl_on_grid(mu, logvar, grid, torch.zeros(3))
 
 
+def test_kl_on_grid_is_the_kl_between_the_normalized_grid_distributions():
+    g = torch.Generator().manual_seed(21)
+    log_q, log_p = 2 * torch.randn(50, generator=g), 2 * torch.randn(50, generator=g)
+    expected = torch.distributions.kl_divergence(Categorical(logits=log_q), Categorical(logits=log_p))
+    torch.testing.assert_close(diagnostics.kl_on_grid(log_q + 3.0, log_p - 1.0), expected)  # constants do not matter
+    assert diagnostics.kl_on_grid(log_p, log_p).abs() < 1e-12
+    with pytest.raises(ValueError, match="same points"):
+        diagnostics.kl_on_grid(log_q, log_p[:10])
+
+
 def test_bernoulli_log_lik_table_matches_the_decoder_pixel_by_pixel():
     g = torch.Generator().manual_seed(12)
     logits, x = 3 * torch.randn(7, 5, generator=g), torch.rand(4, 5, generator=g)
