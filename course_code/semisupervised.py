@@ -46,6 +46,20 @@ def rows(x: Tensor, y: Tensor | None = None, n_classes: int = 10) -> Tensor:
     return torch.cat([x, labels], dim=-1)
 
 
+def labelled_subset(y: Tensor, per_class: int, seed: int = 0) -> Tensor:
+    """Indices of ``per_class`` examples of every class of the labels ``y`` (B,), drawn at random, class by class."""
+    arguments.tensor("y", y, 1, "(B,)")
+    per_class = arguments.integer("per_class", per_class)
+    g = torch.Generator().manual_seed(arguments.integer("seed", seed, minimum=0))
+    chosen = []
+    for c in y.unique():
+        members = torch.nonzero(y == c).flatten()
+        if len(members) < per_class:
+            raise ValueError(f"class {c.item()} has {len(members)} examples, fewer than per_class={per_class}")
+        chosen.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    return torch.cat(chosen)
+
+
 def split_rows(data: Tensor, x_dim: int, n_classes: int) -> tuple[Tensor, Tensor]:
     """(images (B, D), one-hot labels (B, C)) from rows made by :func:`rows`; an unlabelled row has a zero label."""
     arguments.tensor("data", data, 2, "(B, D + C)")

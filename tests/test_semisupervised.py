@@ -32,6 +32,15 @@ def test_one_hot_and_rows():
     assert torch.equal(ss.rows(x, None, N_CLASSES)[:, X_DIM:], torch.zeros(3, N_CLASSES))
 
 
+def test_labelled_subset_draws_the_same_number_of_every_class():
+    y = torch.arange(50) % 4
+    chosen = ss.labelled_subset(y, 3, seed=5)
+    assert torch.equal(torch.bincount(y[chosen]), torch.full((4,), 3)) and len(chosen.unique()) == 12
+    assert torch.equal(chosen, ss.labelled_subset(y, 3, seed=5)) and not torch.equal(chosen, ss.labelled_subset(y, 3, seed=6))
+    with pytest.raises(ValueError, match="fewer than per_class"):
+        ss.labelled_subset(y, 13)
+
+
 def test_unlabelled_bound_is_the_expectation_of_the_labelled_bound_plus_the_entropy():
     """Enumerate the classes one by one with the same noise: U = Σ_y q(y|x) L(x, y) + H(q(y|x)) to rounding."""
     model = random_model()
