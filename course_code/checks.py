@@ -1595,3 +1595,58 @@ def quantize_vectors(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         mistakes=[("the codebook vector with the largest dot product, not the smallest distance: the codes' lengths "
                    "‖e_k‖² differ, so compare distances", by_dot_product)],
     )
+
+
+# --- Chapter 12: Labels: conditional and semi-supervised VAEs ---
+
+
+def _label_cases(seed: int) -> list[dict]:
+    """Tables of labelled bounds (C, B) and classifier logits (B, C), C ≠ B, one with a uniform classifier."""
+    g = _generator(seed)
+    cases = [{"labelled": torch.tensor([[-3.0], [-5.0]]), "logits": torch.zeros(1, 2)}]  # q uniform
+    for c, b, shift in ((3, 5, 0.0), (10, 4, 30.0), (4, 7, -5.0)):  # logits off by a constant: softmax ignores it
+        cases.append({"labelled": -20 + 5 * torch.randn(c, b, generator=g),
+                      "logits": shift + 3 * torch.randn(b, c, generator=g)})
+    return cases
+
+
+def unlabelled_bound(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(labelled, logits)`` = Σ_y q(y|x) L(x, y) + H(q(y|x)) per datapoint (exercise ex-12-unlabelled, eq. `eq-m2-unlabelled`)."""
+    from course_code import semisupervised
+
+    return compare(
+        "unlabelled_bound",
+        fn,
+        semisupervised.unlabelled_bound,
+        _label_cases(12),
+        hint="q(y|x) = softmax(logits) over the class axis (log q = logits.log_softmax(-1)); weight each class's bound "
+        "(labelled has shape (C, B): transpose it to (B, C)) by q and sum over the classes, then add the entropy "
+        "−Σ_y q log q; the result has one number per datapoint, shape (B,).",
+        mistakes=[("the entropy H(q(y|x)) is missing: Σ_y q(y|x) L(x, y) alone is not the bound",
+                   lambda labelled, logits: (logits.softmax(-1) * labelled.T).sum(-1))],
+        references=(semisupervised.unlabelled_bound,),
+    )
+
+
+def _class_posterior(bounds: Tensor, log_prior: Tensor) -> Tensor:
+    return (bounds.T + log_prior).log_softmax(-1)
+
+
+def class_posterior(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(bounds, log_prior)`` = log of p(y) e^{L(x|y)} / Σ_y' p(y') e^{L(x|y')}, shape (B, C) (exercise ex-12-bayes, eq. `eq-bayes-classifier`)."""
+    g = _generator(13)
+    cases = [{"bounds": torch.tensor([[-3.0, -8.0], [-4.0, -2.0], [-9.0, -2.5]]), "log_prior": torch.full((3,), -math.log(3))}]
+    for c, b in ((4, 6), (10, 3), (2, 5)):
+        cases.append({"bounds": -30 + 4 * torch.randn(c, b, generator=g),
+                      "log_prior": torch.randn(c, generator=g).mul(2).log_softmax(-1)})
+    cases.append({"bounds": torch.tensor([[-900.0, -2000.0], [-905.0, -1990.0]]), "log_prior": torch.tensor([-0.1, -2.35])})
+    return compare(
+        "class_posterior",
+        fn,
+        _class_posterior,
+        cases,
+        hint="add log p(y) (shape (C,)) to each datapoint's bounds (bounds has shape (C, B): transpose it to (B, C)), "
+        "then normalize over the class axis with log_softmax(-1), never exp then divide (e^-900 is 0).",
+        mistakes=[("the prior p(y) is left out: add log_prior to every datapoint's bounds before normalizing",
+                   lambda bounds, log_prior: bounds.T.log_softmax(-1))],
+    )

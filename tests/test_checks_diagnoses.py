@@ -181,6 +181,11 @@ MISTAKES = {
         logits / temperature + noise, dim=-1), "the logits divided by the temperature and the noise not"),
     "quantize: largest dot product": (checks.quantize_vectors, lambda z_e, codebook: codebook[(z_e @ codebook.T).argmax(-1)],
                                       "the largest dot product, not the smallest distance"),
+    # chapter 12
+    "unlabelled bound: no entropy": (checks.unlabelled_bound, lambda labelled, logits: (logits.softmax(-1) * labelled.T).sum(-1),
+                                     "the entropy H(q(y|x)) is missing"),
+    "class posterior: no prior": (checks.class_posterior, lambda bounds, log_prior: bounds.T.log_softmax(-1),
+                                  "the prior p(y) is left out"),
 }
 
 NEAR_MISSES = {
@@ -209,6 +214,10 @@ NEAR_MISSES = {
     "free bits: no floor": (checks.free_bits_kl, lambda mu, logvar, free_bits: (
         0.5 * (mu**2 + logvar.exp() - 1 - logvar)).mean(0).sum(), "applied to"),
     "elbo: average over datapoints": (checks.elbo_from_samples, lambda *a: elbo_samples(*a).mean(), "extra axis"),
+    # chapter 12: uniform weights match "no entropy" only where q(y|x) is uniform; p(y) for log p(y) only where p is uniform
+    "unlabelled bound: uniform weights": (checks.unlabelled_bound, lambda labelled, logits: labelled.mean(0), "is missing"),
+    "class posterior: p(y) for log p(y)": (checks.class_posterior, lambda bounds, log_prior: (
+        bounds.T + log_prior.exp()).log_softmax(-1), "left out"),
 }
 
 
