@@ -170,7 +170,7 @@ def aggressive_fit(
 
 
 @torch.no_grad()
-def posterior_means(model: models.VAE, x: Tensor, limit: float = 5.0, n_points: int = 401) -> tuple[Tensor, Tensor]:
+def posterior_means(model: models.VAE, x: Tensor, limit: float = 5.0, n_points: int = 201) -> tuple[Tensor, Tensor]:
     """(E_{p_θ(z|x)}[z] by quadrature, μ_φ(x)) for a VAE with a 1-D latent: its points in the posterior-mean space (chapter 6)."""
     if model.z_dim != 1:
         raise ValueError(f"the posterior-mean space needs a 1-D latent, the model has z_dim={model.z_dim}")
