@@ -16,16 +16,25 @@ from course_code import arguments, objectives
 from course_code.distributions import log_bernoulli, log_normal, log_standard_normal, reparameterize
 
 LIKELIHOODS = ("bernoulli", "gaussian", "autoregressive")
+ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
 
-def mlp(sizes: Sequence[int], final_activation: bool = False) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them (and after the last if asked)."""
+def mlp(sizes: Sequence[int], final_activation: bool = False, activation: str = "relu") -> nn.Sequential:
+    """Linear layers of the given widths with ``activation`` (a name in ``ACTIVATIONS``) between them (and after the last if asked)."""
+    make = activation_class(activation)
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.ReLU())
+            layers.append(make())
     return nn.Sequential(*layers)
+
+
+def activation_class(activation: str) -> type[nn.Module]:
+    """The ``nn`` module class named by ``activation``, or a clear error naming the choices."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
+    return ACTIVATIONS[activation]
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -47,9 +56,9 @@ def _check_input(x: Tensor, x_dim: int, dtype: torch.dtype) -> None:
 class Encoder(nn.Module):
     """Amortized q_φ(z|x) = N(μ_φ(x), diag σ²_φ(x)): an MLP with a mean head and a log-variance head (chapter 4)."""
 
-    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,)):
+    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,), activation: str = "relu"):
         super().__init__()
-        self.body = mlp([x_dim, *hidden], final_activation=True)
+        self.body = mlp([x_dim, *hidden], final_activation=True, activation=activation)
         self.head = nn.Linear(hidden[-1] if hidden else x_dim, 2 * z_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,9 +69,9 @@ class Encoder(nn.Module):
 class BernoulliDecoder(nn.Module):
     """p_θ(x|z) = Π_i Bernoulli(x_i; sigmoid(f_θ(z)_i)), parameterized by logits (chapter 4)."""
 
-    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,)):
+    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,), activation: str = "relu"):
         super().__init__()
-        self.net = mlp([z_dim, *hidden, x_dim])
+        self.net = mlp([z_dim, *hidden, x_dim], activation=activation)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
@@ -77,9 +86,12 @@ class BernoulliDecoder(nn.Module):
 class GaussianDecoder(nn.Module):
     """p_θ(x|z) = N(x; f_θ(z), diag σ²) with σ² learned per pixel or fixed (``logvar`` a float) (chapter 4)."""
 
-    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,), logvar: float | None = None, min_logvar: float = -6.0):
+    def __init__(
+        self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,), logvar: float | None = None, min_logvar: float = -6.0,
+        activation: str = "relu",
+    ):
         super().__init__()
-        self.net = mlp([z_dim, *hidden, x_dim])
+        self.net = mlp([z_dim, *hidden, x_dim], activation=activation)
         self.min_logvar = min_logvar
         if logvar is None:
             self.logvar = nn.Parameter(torch.zeros(x_dim))
@@ -126,8 +138,9 @@ class AutoregressiveDecoder(nn.Module):
     the digits well even when it ignores z entirely: the setting of posterior collapse.
     """
 
-    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,)):
+    def __init__(self, z_dim: int, x_dim: int, hidden: Sequence[int] = (256,), activation: str = "relu"):
         super().__init__()
+        self.activation = activation_class(activation)()
         if not hidden:
             raise ValueError("decoder_hidden must hold at least one width: the autoregressive decoder needs a hidden layer")
         *masks, out_mask = made_masks(x_dim, hidden)
@@ -138,9 +151,9 @@ class AutoregressiveDecoder(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """Logits of every pixel given the pixels before it and z; ``x`` broadcasts against ``z``'s sample axis."""
-        h = torch.relu(self.layers[0](x) + self.z_in(z))  # x's part once per datapoint, not once per sample of z
+        h = self.activation(self.layers[0](x) + self.z_in(z))  # x's part once per datapoint, not once per sample of z
         for layer in self.layers[1:]:
-            h = torch.relu(layer(h))
+            h = self.activation(layer(h))
         return self.out(h) + self.z_out(z)
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
@@ -203,6 +216,7 @@ class VAE(nn.Module):
     encoder's last hidden layer and ``log_det`` = log |det ∂z/∂z₀|, so log q(z|x) = log N(z₀) − log_det.
     With either part the KL term is estimated from the samples. ``objective`` is what
     :meth:`loss` maximises: the ELBO, or the importance-weighted bound with ``n_samples`` samples.
+    ``activation`` (a name in ``ACTIVATIONS``, default ``"relu"``) is the nonlinearity of every hidden layer.
     """
 
     def __init__(
@@ -216,9 +230,11 @@ class VAE(nn.Module):
         prior: nn.Module | dict | None = None,
         flow: nn.Module | dict | None = None,
         objective: str = "elbo",
+        activation: str = "relu",
     ):
         super().__init__()
         _check_sizes(x_dim=x_dim, z_dim=z_dim)
+        activation_class(activation)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
         if objective not in OBJECTIVES:
@@ -235,13 +251,15 @@ class VAE(nn.Module):
                 self.config[name] = component_spec(name, part)
         if objective != "elbo":
             self.config["objective"] = objective
+        if activation != "relu":  # only then, so models saved before the option load unchanged
+            self.config["activation"] = activation
         self.x_dim, self.z_dim, self.objective = x_dim, z_dim, objective
-        self.encoder = Encoder(x_dim, z_dim, hidden)
+        self.encoder = Encoder(x_dim, z_dim, hidden, activation)
         decoder_class = {"bernoulli": BernoulliDecoder, "gaussian": GaussianDecoder, "autoregressive": AutoregressiveDecoder}
         if decoder_logvar is None:
-            self.decoder = decoder_class[likelihood](z_dim, x_dim, decoder_hidden)
+            self.decoder = decoder_class[likelihood](z_dim, x_dim, decoder_hidden, activation=activation)
         else:
-            self.decoder = GaussianDecoder(z_dim, x_dim, decoder_hidden, logvar=decoder_logvar)
+            self.decoder = GaussianDecoder(z_dim, x_dim, decoder_hidden, logvar=decoder_logvar, activation=activation)
         self.prior = build_component("prior", prior)
         self.flow = build_component("flow", flow)
         if self.prior is not None and hasattr(self.prior, "attach"):

@@ -4,6 +4,7 @@ The whole dataset sits in one tensor; each epoch draws a random permutation and 
 minibatches from it, which on small data is much faster than a ``DataLoader``.
 """
 
+import math
 import os
 import secrets
 import sys
@@ -33,6 +34,16 @@ def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Schedule:
     arguments.number("start", start, non_negative=True)
     arguments.number("end", end, non_negative=True)
     return lambda step: start + (end - start) * min(step / steps, 1.0)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def cosine_lr(lr: float, total_steps: int) -> Callable[[int], float]:
+    """Cosine decay of the learning rate, lr · (1 + cos(π t / T)) / 2 at step t of T: ``lr`` at the first step, 0 after the last."""
+    arguments.number("lr", lr, positive=True)
+    arguments.integer("total_steps", total_steps)
+    return lambda step: lr * (1 + math.cos(math.pi * min(step / total_steps, 1.0))) / 2
 
 
 def validation_split(x: Tensor, fraction: float = 0.2, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -149,6 +160,8 @@ def fit(
     device: str | torch.device = "cpu",
     progress: bool | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    lr_schedule: str = "constant",
+    max_seconds: float | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` on the rows of ``x`` with Adam; return the per-epoch history.
 
@@ -158,8 +171,18 @@ def fit(
     ``elbo``, ``rec``, ``kl``), the mean ``kl_weight``, the cumulative wall ``time`` in seconds
     and, given ``x_test``, ``test_elbo``; ``on_epoch(epoch, record)`` is called with each epoch's
     line as soon as it is complete. The same seed gives bit-for-bit the same run.
+
+    ``lr_schedule="cosine"`` decays the learning rate at every step from ``lr`` to 0 over all
+    ``epochs`` (:func:`cosine_lr`) and records each epoch's last ``lr`` in the history. With
+    ``max_seconds`` training stops after the epoch in which that much wall time has passed, and the
+    history's ``stopped_after_epoch`` holds that epoch (a cosine schedule then ends above 0: choose
+    ``epochs`` from a measured throughput for it to end at 0).
     """
     check_training_data(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {LR_SCHEDULES}")
+    if max_seconds is not None:
+        arguments.number("max_seconds", max_seconds, positive=True)
     if x_test is not None:
         check_data("x_test", model, x_test)
     schedule = beta if callable(beta) else constant(arguments.number("beta", beta, non_negative=True))
@@ -173,6 +196,7 @@ def fit(
     x = x.to(device)
     x_test = None if x_test is None else x_test.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    lr_at = cosine_lr(lr, epochs * math.ceil(len(x) / batch_size)) if lr_schedule == "cosine" else None
     history: dict[str, list[float]] = {}
     step, start = 0, time.perf_counter()
     for epoch in progress_bar(range(1, epochs + 1), epochs, type(model).__name__, show_progress(progress)):
@@ -182,6 +206,9 @@ def fit(
         weights = 0.0
         for idx in minibatches(len(x), batch_size, generator):
             weight = schedule(step)
+            if lr_at is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
             try:
                 loss, stats = model.loss(x_epoch[idx], beta=weight, free_bits=free_bits, n_samples=n_samples)
             except NonFiniteError as error:  # the network's outputs overflowed before a loss could be formed
@@ -194,10 +221,15 @@ def fit(
             weights += weight * len(idx)
             step += 1
         record = epoch_record(sums, len(x), weights / len(x), start, model, x_test)
+        if lr_at is not None:
+            record["lr"] = optimizer.param_groups[0]["lr"]
         for key, value in record.items():
             history.setdefault(key, []).append(value)
         if on_epoch is not None:
             on_epoch(epoch, record)
+        if max_seconds is not None and record["time"] >= max_seconds and epoch < epochs:
+            history["stopped_after_epoch"] = [epoch]
+            break
     model.eval()
     return history
 
