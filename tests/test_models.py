@@ -319,3 +319,88 @@ def test_an_iwae_model_trains_and_reports_its_elbo_on_test_data():
 def test_unknown_objective_names_the_choices():
     with pytest.raises(ValueError, match=r"unknown objective 'vi'.*'elbo', 'iwae'"):
         models.VAE(objective="vi")
+
+
+# --- the hidden layers' activation ----------------------------------------------------------------------------------
+
+HAND_ACTIVATIONS = {  # each written from its definition, not through torch.nn
+    "relu": lambda a: torch.where(a > 0, a, torch.zeros_like(a)),
+    "elu": lambda a: torch.where(a > 0, a, torch.exp(a) - 1),
+    "tanh": lambda a: (torch.exp(a) - torch.exp(-a)) / (torch.exp(a) + torch.exp(-a)),
+    "softplus": lambda a: torch.log(1 + torch.exp(a)),
+}
+
+
+def by_hand(linears: list[torch.nn.Linear], x: torch.Tensor, act, final: bool) -> torch.Tensor:
+    """The same network computed from its weights: x Wᵀ + b, then the activation between layers."""
+    for i, layer in enumerate(linears):
+        x = x @ layer.weight.T + layer.bias
+        if i < len(linears) - 1 or final:
+            x = act(x)
+    return x
+
+
+def linear_layers(net: torch.nn.Module) -> list[torch.nn.Linear]:
+    return [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@pytest.mark.parametrize("activation", tuple(models.ACTIVATIONS))
+def test_the_encoder_and_decoder_use_the_chosen_activation(activation):
+    assert set(HAND_ACTIVATIONS) == set(models.ACTIVATIONS)
+    torch.manual_seed(0)
+    vae = models.VAE(X_DIM, Z_DIM, (16, 8), activation=activation)
+    x, z = batch(), torch.randn(5, Z_DIM, generator=torch.Generator().manual_seed(1))
+    act = HAND_ACTIVATIONS[activation]
+    h = by_hand(linear_layers(vae.encoder.body), x, act, final=True)
+    mu, logvar = vae.encode(x)
+    torch.testing.assert_close(torch.cat([mu, logvar], -1), h @ vae.encoder.head.weight.T + vae.encoder.head.bias)
+    torch.testing.assert_close(vae.decoder(z), by_hand(linear_layers(vae.decoder.net), z, act, final=False))
+
+
+@pytest.mark.parametrize("activation", ["elu", "tanh"])
+def test_the_gaussian_and_autoregressive_decoders_use_the_chosen_activation(activation):
+    act, z = HAND_ACTIVATIONS[activation], torch.randn(5, Z_DIM, generator=torch.Generator().manual_seed(1))
+    gaussian = build("gaussian", activation=activation).decoder
+    torch.testing.assert_close(gaussian(z), by_hand(linear_layers(gaussian.net), z, act, final=False))
+    ar, x = build("autoregressive", activation=activation).decoder, batch()
+    h = x
+    for i, layer in enumerate(ar.layers):  # masked layers, and z added to the first
+        h = act(h @ (layer.weight * layer.mask).T + layer.bias + (z @ ar.z_in.weight.T + ar.z_in.bias if i == 0 else 0))
+    expected = h @ (ar.out.weight * ar.out.mask).T + ar.out.bias + z @ ar.z_out.weight.T + ar.z_out.bias
+    torch.testing.assert_close(ar(x, z), expected)
+
+
+def test_the_activation_changes_the_function_not_the_weights():
+    relu, elu = build("bernoulli"), build("bernoulli", activation="elu")  # same seed: same weights
+    assert all(torch.equal(a, b) for a, b in zip(relu.state_dict().values(), elu.state_dict().values()))
+    x = batch()
+    assert not torch.allclose(relu.encode(x)[0], elu.encode(x)[0])
+
+
+def test_the_config_names_the_activation_only_when_it_is_not_relu(tmp_path):
+    assert "activation" not in build("bernoulli").config  # models saved before the option load unchanged
+    assert "activation" not in build("bernoulli", activation="relu").config
+    model = build("gaussian", activation="softplus")
+    assert model.config["activation"] == "softplus"
+    loaded = training.load(training.save(model, tmp_path / "softplus.pt"))
+    assert loaded.config == model.config and isinstance(loaded.encoder.body[1], torch.nn.Softplus)
+    x, z = batch(), torch.randn(2, 5, Z_DIM, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.encode(x), model.encode(x)))
+    assert torch.equal(loaded.log_likelihood(x, z), model.log_likelihood(x, z))
+
+
+def test_a_checkpoint_without_an_activation_loads_as_relu(tmp_path):
+    model = build("bernoulli")
+    path = training.save(model, tmp_path / "old.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert "activation" not in checkpoint["config"]
+    loaded = training.load(path)
+    assert all(isinstance(m, torch.nn.ReLU) for m in (*loaded.encoder.body[1::2], *loaded.decoder.net[1::2]))
+
+
+@pytest.mark.parametrize("make", [lambda: models.mlp([3, 4, 2], activation="gelu"), lambda: build("bernoulli", activation="gelu"),
+                                  lambda: models.Encoder(3, 2, (4,), activation="ReLU")], ids=["mlp", "vae", "encoder"])
+def test_an_unknown_activation_names_the_argument_and_the_choices(make):
+    with pytest.raises(ValueError, match=r"unknown activation '(gelu|ReLU)'; choose one of \('relu', 'elu', 'tanh', 'softplus'\)"):
+        make()

@@ -229,3 +229,87 @@ def test_validation_split_is_a_seeded_partition_of_the_rows():
     assert torch.equal(train, again)
     with pytest.raises(ValueError, match="fraction"):
         training.validation_split(x, 0.0)
+
+
+# ---- learning-rate schedule and time budget -----------------------------------------------------
+
+def test_cosine_lr_closed_form():
+    at = training.cosine_lr(0.01, 8)
+    assert at(0) == 0.01 and at(8) == 0.0 and at(20) == 0.0  # ends at 0 and stays there
+    assert at(4) == pytest.approx(0.005) and at(2) == pytest.approx(0.01 * (2 + math.sqrt(2)) / 4)
+    with pytest.raises(ValueError, match="total_steps must be at least 1, got 0"):
+        training.cosine_lr(0.01, 0)
+
+
+def learning_rates(monkeypatch) -> list[float]:
+    """The learning rate of every Adam update fit makes, recorded as each step is taken."""
+    seen: list[float] = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    return seen
+
+
+def test_fit_decays_the_learning_rate_by_the_cosine_step_by_step(digits, monkeypatch):
+    seen = learning_rates(monkeypatch)
+    history = quick_fit(small_vae(), digits.x_train, epochs=3, lr=0.004, lr_schedule="cosine")
+    total = 3 * 6  # 1,437 images in batches of 256: 6 steps per epoch
+    expected = [0.004 * 0.5 * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+    assert seen == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert history["lr"] == pytest.approx([expected[5], expected[11], expected[17]])  # each epoch's last step
+    assert expected[-1] < 0.004 * 0.01  # the last update is nearly at 0
+
+
+def test_a_constant_rate_is_the_default_and_adds_nothing_to_the_history(digits, monkeypatch):
+    seen = learning_rates(monkeypatch)
+    default = quick_fit(small_vae(), digits.x_train, lr=0.002)
+    assert seen == [0.002] * 12 and "lr" not in default
+    constant = quick_fit(small_vae(), digits.x_train, lr=0.002, lr_schedule="constant")
+    cosine = quick_fit(small_vae(), digits.x_train, lr=0.002, lr_schedule="cosine")
+    assert constant["elbo"] == default["elbo"] and cosine["elbo"] != default["elbo"]
+
+
+def ticking_clock(monkeypatch) -> None:
+    """A fake wall clock that advances one second each time fit reads it."""
+    now = [0.0]
+
+    def tick():
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(training.time, "perf_counter", tick)
+
+
+def test_a_time_budget_stops_after_the_epoch_in_which_it_runs_out(digits, monkeypatch):
+    ticking_clock(monkeypatch)  # read once at the start, then once per epoch: epoch e ends at e seconds
+    history = quick_fit(small_vae(), digits.x_train, epochs=10, max_seconds=2.5)
+    assert history["time"] == [1.0, 2.0, 3.0] and history["stopped_after_epoch"] == [3]
+    assert all(len(values) == 3 for key, values in history.items() if key != "stopped_after_epoch")
+    enough = quick_fit(small_vae(), digits.x_train, epochs=4, max_seconds=100.0)
+    assert len(enough["elbo"]) == 4 and "stopped_after_epoch" not in enough
+    last = quick_fit(small_vae(), digits.x_train, epochs=3, max_seconds=2.5)  # runs out in the last epoch: a full run
+    assert len(last["elbo"]) == 3 and "stopped_after_epoch" not in last
+
+
+def test_a_time_budget_on_the_real_clock(digits):
+    history = quick_fit(small_vae(), digits.x_train, epochs=1000, max_seconds=1e-6)
+    assert len(history["elbo"]) == 1 and history["stopped_after_epoch"] == [1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"lr_schedule": "linear"}, ValueError, r"unknown lr_schedule 'linear'; choose one of \('constant', 'cosine'\)"),
+        ({"max_seconds": 0}, ValueError, "max_seconds must be positive, got 0"),
+        ({"max_seconds": -5.0}, ValueError, "max_seconds must be positive"),
+        ({"max_seconds": float("nan")}, ValueError, "max_seconds must be a finite number"),
+        ({"max_seconds": "60"}, TypeError, "max_seconds must be a number"),
+    ],
+)
+def test_bad_schedule_and_budget_arguments(digits, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        quick_fit(small_vae(), digits.x_train, **kwargs)
