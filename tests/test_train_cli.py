@@ -1,5 +1,6 @@
 """python -m course_code.train: a short run on the digits, its outputs (checked first, written whole), Ctrl-C, and one-line errors."""
 
+import math
 import os
 import re
 import urllib.error
@@ -224,3 +225,86 @@ def test_a_folder_that_refuses_files_fails_before_training_and_is_removed(tmp_pa
     err = capsys.readouterr().err
     assert err == f"error: --out {tmp_path / 'new' / 'out'} cannot be written to (Permission denied); choose another --out\n"
     assert list(tmp_path.iterdir()) == []  # the folders it had created are gone again
+
+
+# ---- training options and the best recipe's preset --------------------------------------------
+
+def recording_fit(monkeypatch) -> dict:
+    """Run training.fit as usual, keeping its arguments and the history it returns."""
+    seen: dict = {}
+    fit = training.fit
+
+    def recording(model, x, **kwargs):
+        seen.update(kwargs, model=model, n=len(x))
+        seen["history"] = fit(model, x, **kwargs)
+        return seen["history"]
+
+    monkeypatch.setattr(training, "fit", recording)
+    return seen
+
+
+def test_the_best_preset_sets_the_recipe():
+    args = train.parse_args(["--preset", "best"])
+    recipe = {key: getattr(args, key) for key in train.PRESETS["best"]}
+    assert recipe == dict(
+        hidden=[512, 512], latent_dim=32, activation="elu", batch_size=256, lr=3e-3, lr_schedule="cosine",
+        warmup_epochs=2, epochs=300, minutes=30.0,
+    )
+    plain = train.parse_args([])
+    assert (plain.activation, plain.lr_schedule, plain.warmup_epochs, plain.minutes, plain.preset) == ("relu", "constant", 0, None, None)
+
+
+def test_options_given_beside_the_preset_override_it():
+    args = train.parse_args(["--lr", "0.001", "--preset", "best", "--hidden", "64", "--minutes", "2.5"])
+    assert (args.lr, args.hidden, args.minutes, args.activation, args.batch_size) == (0.001, [64], 2.5, "elu", 256)
+
+
+def test_the_options_reach_the_model_and_the_training(tmp_path, capsys, monkeypatch):
+    seen = recording_fit(monkeypatch)
+    argv = ["--activation", "tanh", "--lr-schedule", "cosine", "--warmup-epochs", "1", "--batch-size", "500", "--lr", "0.002"]
+    assert run(tmp_path, *argv) == 0
+    assert "stopped after" not in capsys.readouterr().out
+    assert seen["lr_schedule"] == "cosine" and seen["max_seconds"] is None and seen["lr"] == 0.002
+    history = seen["history"]
+    steps = math.ceil(seen["n"] / 500)  # the warm-up spans the first epoch's steps, then the weight is 1
+    sizes = [500] * (steps - 1) + [seen["n"] - 500 * (steps - 1)]
+    assert history["kl_weight"] == pytest.approx([sum(t / steps * s for t, s in zip(range(steps), sizes)) / seen["n"], 1.0])
+    assert history["lr"][-1] == pytest.approx(0.002 * (1 + math.cos(math.pi * (2 * steps - 1) / (2 * steps))) / 2)
+    model = training.load(tmp_path / "model.pt")
+    assert model.config["activation"] == "tanh" and isinstance(model.decoder.net[1], torch.nn.Tanh)
+
+
+def test_without_warm_up_the_kl_weight_is_one(tmp_path, monkeypatch):
+    seen = recording_fit(monkeypatch)
+    assert run(tmp_path) == 0
+    assert seen["beta"] == 1.0 and seen["history"]["kl_weight"] == [1.0, 1.0] and "activation" not in seen["model"].config
+
+
+def test_minutes_stop_the_training_and_the_report_says_so(tmp_path, capsys, monkeypatch):
+    seen = recording_fit(monkeypatch)
+    now = [0.0]
+
+    def tick():  # a wall clock that advances 5 seconds at each reading
+        now[0] += 5.0
+        return now[0]
+
+    monkeypatch.setattr(training.time, "perf_counter", tick)
+    assert run(tmp_path, "--epochs", "50", "--minutes", "0.2") == 0  # 12 s: epoch e ends at 5e s, so 3 epochs
+    out = capsys.readouterr().out
+    assert seen["max_seconds"] == pytest.approx(12.0)
+    assert re.findall(r"^epoch +(\d+)/50", out, re.M) == ["1", "2", "3"]
+    assert "stopped after epoch 3 of 50: the 0.2 minutes of --minutes had passed" in out
+    assert re.search(r"trained in 15\.0 s: ([\d,]+) samples/s", out).group(1) == f"{3 * seen['n'] / 15:,.0f}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--activation", "gelu"], ["--lr-schedule", "linear"], ["--warmup-epochs", "-1"], ["--warmup-epochs", "1.5"],
+     ["--minutes", "0"], ["--minutes", "nan"], ["--preset", "fast"]],
+    ids=["activation", "lr-schedule", "negative-warmup", "fractional-warmup", "zero-minutes", "nan-minutes", "preset"],
+)
+def test_bad_training_options_are_usage_errors_naming_the_option(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and f"argument {argv[0]}:" in err
