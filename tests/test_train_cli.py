@@ -308,3 +308,12 @@ def test_bad_training_options_are_usage_errors_naming_the_option(argv, capsys):
         train.main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and f"argument {argv[0]}:" in err
+
+
+def test_the_help_spells_out_the_preset_as_options_that_give_the_same_settings(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    spelled = re.search(r"recipe for MNIST, (.*?); options given", text).group(1)
+    argv = spelled.replace(",", "").split()
+    assert vars(train.parse_args(argv)) == {**vars(train.parse_args(["--preset", "best"])), "preset": None}
