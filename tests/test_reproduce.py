@@ -66,6 +66,52 @@ def test_seed002_at_smoke_budget_reports_what_the_page_reads(mnist, tmp_path):
     assert -784 * math.log(2) * 1.5 < binary["test_elbo"] < 0 and -784 * math.log(2) * 1.5 < binary["log_px"] < 0
 
 
+def test_recipe_at_smoke_budget_reports_what_the_page_reads(mnist, tmp_path):
+    reproduce.main(["recipe", "--smoke", "--threads", "1", "--mnist", str(mnist), "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "recipe.json").read_text())["results"]
+    budget = reproduce.EXPERIMENTS["recipe"].smoke
+    for name, settings in reproduce.RECIPES.items():
+        row = results[name]
+        assert row["settings"] == settings and row["n_test"] == budget["n_test"] and row["iw_samples"] == budget["iw_samples"]
+        assert len(row["train_elbo"]) == row["epochs"]
+        assert row["train_time_s"] >= 60 * budget["minutes"] or row["epochs"] == results["planned_epochs_best"]
+        minutes = [point["minutes"] for point in row["curve"]]
+        assert minutes == sorted(minutes) and row["curve"][-1]["epoch"] == row["epochs"]
+        assert row["log_px"] >= row["test_elbo"] - 3 * row["log_px_se"]  # the importance-sampled bound is the tighter one
+    assert results["best"]["epochs"] <= results["planned_epochs_best"]
+    # The paired difference is the difference of the means (up to the records' rounding to 0.001).
+    assert results["best_minus_standard"] == pytest.approx(results["best"]["log_px"] - results["standard"]["log_px"], abs=2e-3)
+    assert results["unseen_digits"] == budget["n_test"] - budget["chosen_on"]
+
+
+def test_race_keeps_one_snapshot_per_mark_passed_and_the_final_weights():
+    torch.manual_seed(0)
+    x = torch.rand(64, 12)
+    recipe = dict(reproduce.RECIPES["best"], hidden=[8], latent_dim=2, batch_size=16)
+    model, history, snapshots = reproduce.race(recipe, x, seconds=1e6, epochs=3, marks=[0.0, 0.0, 1e9], seed=0)
+    assert [epoch for epoch, _, _ in snapshots] == [1, 3]  # both zero marks fall in epoch 1; the far mark is never reached
+    assert snapshots[0][1] == history["time"][0] and snapshots[-1][1] == history["time"][-1]
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in snapshots[-1][2].items())
+    assert not all(torch.equal(value, model.state_dict()[key]) for key, value in snapshots[0][2].items())  # a copy, not a view
+    assert history["lr"][-1] == pytest.approx(0.0, abs=1e-12)  # the cosine ends at 0 when the epochs run out first
+
+
+def test_epochs_within_counts_the_epochs_a_time_budget_holds():
+    x = torch.rand(64, 12)
+    recipe = dict(reproduce.RECIPES["standard"], hidden=[8], latent_dim=2, batch_size=16)
+    epochs, per_epoch = reproduce.epochs_within(recipe, x, 1e-9, seed=0)
+    assert epochs == 1 and per_epoch > 0  # never fewer than one epoch
+    epochs, per_epoch = reproduce.epochs_within(recipe, x, 1000 * per_epoch, seed=0)
+    assert 10 <= epochs <= 100_000  # about 1,000, as far as the machine's noise lets one epoch's time repeat
+
+
+def test_the_cli_preset_is_the_recipe_the_experiment_races():
+    from course_code import train
+
+    assert {key: train.PRESETS["best"][key] for key in reproduce.RECIPES["best"]} == reproduce.RECIPES["best"]
+    assert train.PRESETS["best"]["minutes"] == reproduce.EXPERIMENTS["recipe"].full["minutes"]
+
+
 @pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
 def test_committed_results_follow_the_schema(path):
     record = reproduce.check_record(json.loads(path.read_text()))
