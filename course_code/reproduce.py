@@ -713,6 +713,114 @@ def vampprior_figure(rows: list[dict], epochs: int):
     return fig
 
 
+# ---- Part III at full scale -----------------------------------------------------------------------
+
+
+def train_vq(x: torch.Tensor, budget: dict, seed: int, restarts: bool):
+    """A VQ-VAE trained on dynamically binarized ``x`` with Adam 0.001, batch 100; with ``restarts``, every code
+    no training digit chooses is moved onto a random digit's encoder output after each of the first
+    ``restart_epochs`` epochs (the epochs after them have none). Returns the model and its history."""
+    from course_code import discrete
+
+    torch.manual_seed(seed)
+    vq = discrete.VQVAE(x.shape[1], n_latents=budget["n_latents"], code_dim=budget["code_dim"], n_codes=budget["n_codes"],
+                        hidden=budget["hidden"])
+    generator = torch.Generator().manual_seed(seed)
+    name = f"vqvae seed {seed}, {'restarts' if restarts else 'no restarts'}"
+
+    def after_epoch(epoch: int, record: dict) -> None:
+        moved = discrete.restart_dead_codes(vq, x, generator) if restarts and epoch <= budget["restart_epochs"] else 0
+        print(f"{name}: epoch {epoch}/{budget['epochs']}, reconstruction {record['rec']:.2f}, "
+              f"{moved} codes restarted, {record['time']:.0f} s", flush=True)
+
+    history = training.fit(vq, x, epochs=budget["epochs"], batch_size=100, lr=1e-3, dynamic_binarization=True, seed=seed,
+                           progress=False, on_epoch=after_epoch)
+    return vq.requires_grad_(False), history
+
+
+def code_prior_bound(vq, x_train: torch.Tensor, x_val: torch.Tensor, x_test: torch.Tensor) -> dict:
+    """Fit a prior over the codes of the training digits (independent positions or a Markov chain, smoothing
+    0.1, 0.5 or 2, chosen by the validation digits' mean log p(c)); return the test bound
+    log p(x | c) + log p(c) with c the digit's code (q is a point mass), and the chosen prior."""
+    from course_code import discrete
+
+    codes = {name: vq.codes(x) for name, x in (("train", x_train), ("val", x_val), ("test", x_test))}
+    fitted = {(order, a): discrete.CodePrior(vq.n_latents, vq.n_codes, order, a).fit(codes["train"]) for order in (0, 1) for a in (0.1, 0.5, 2.0)}
+    order, a = max(fitted, key=lambda key: fitted[key].log_prob(codes["val"]).mean().item())
+    bound = vq.log_likelihood(x_test) + fitted[order, a].log_prob(codes["test"])
+    return {"prior": "Markov" if order else "independent", "smoothing": a, "test_bound": round(bound.mean().item(), 3),
+            "test_bound_se": round(bound.std().item() / math.sqrt(len(bound)), 3)}
+
+
+@experiment(
+    "vqvae",
+    "A VQ-VAE on MNIST (van den Oord et al.): codebook use and reconstructions, with and without restarts of dead codes",
+    full=dict(n_codes=512, n_latents=16, code_dim=8, hidden=[512], epochs=30, restart_epochs=20, seeds=2, n_val=10_000, n_train=None),
+    smoke=dict(n_codes=32, n_latents=4, code_dim=4, hidden=[50], epochs=2, restart_epochs=1, seeds=1, n_val=1_000, n_train=2_000),
+    reference={
+        "claim": "a VQ-VAE reconstructs digits from a few discrete codes; codes that no datapoint chooses receive no "
+        "gradient and stay unused, and moving them onto encoder outputs keeps the codebook in use (chapter 13)",
+        "source": "van den Oord et al. (2017), sections 3 and 4; chapter 13's dead codes on 8 × 8 digits",
+    },
+)
+def vqvae(budget: dict, seed: int, mnist: Path | None):
+    """VQ-VAEs with and without restarts, ``seeds`` seeds each, on the training digits before the last
+    ``n_val`` (dynamically binarized); the last ``n_val`` training digits choose the code prior. Codebook use is
+    counted on the training digits, reconstruction log p(x | z_q) and the bound with the fitted prior on
+    the test digits, binarized once."""
+    from course_code import discrete
+
+    binary = load_mnist(mnist, "dynamic", seed)
+    x_train, x_val = subset(binary.x_train[: -budget["n_val"]], budget["n_train"]), binary.x_train[-budget["n_val"]:]
+    x_val = torch.bernoulli(x_val, generator=torch.Generator().manual_seed(seed))
+    rows, examples = [], {}
+    for restarts in (False, True):
+        for s in range(seed, seed + budget["seeds"]):
+            vq, history = train_vq(x_train, budget, s, restarts)
+            counts = discrete.code_usage(vq.codes(x_train), vq.n_codes)
+            rec = vq.log_likelihood(binary.x_test)
+            rows.append({"restarts": restarts, "seed": s, "dead_codes": int((counts == 0).sum()),
+                         "perplexity": round(discrete.perplexity(counts).item(), 2),
+                         "usage_sorted": sorted(counts.tolist(), reverse=True),
+                         "test_reconstruction": round(rec.mean().item(), 3),
+                         "test_reconstruction_se": round(rec.std().item() / math.sqrt(len(rec)), 3),
+                         **code_prior_bound(vq, x_train, x_val, binary.x_test), "train_time_s": round(history["time"][-1], 1)})
+            if s == seed:
+                examples["restarts" if restarts else "no_restarts"] = vq.reconstruct(binary.x_test[:8]).tolist()
+            print(f"vqvae: seed {s}, {'restarts' if restarts else 'no restarts'}: {rows[-1]['dead_codes']} dead codes of "
+                  f"{vq.n_codes}, test log p(x | z_q) {rows[-1]['test_reconstruction']:.2f}", flush=True)
+    examples["test_digits"] = binary.x_test[:8].tolist()
+    bits = budget["n_latents"] * math.log2(budget["n_codes"])
+    return {"runs": rows, "code_bits": round(bits, 3), "reconstructions": examples}, vqvae_figure(rows, examples, budget["n_codes"])
+
+
+def vqvae_figure(rows: list[dict], examples: dict, n_codes: int):
+    """Test digits and their reconstructions with and without restarts, and each run's sorted code usage."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(4.6, 4.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
+    labels = {"test_digits": "test digits", "no_restarts": "no restarts", "restarts": "restarts"}
+    axes = top.subplots(3, 1)
+    for ax, (key, label) in zip(axes, labels.items()):
+        images = torch.tensor(examples[key]).reshape(-1, 28, 28)
+        ax.imshow(torch.cat(list(images), dim=1).numpy(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center")
+    ax = bottom.subplots()
+    for row in rows:
+        usage = torch.tensor(row["usage_sorted"], dtype=torch.float64)
+        ax.plot(range(1, n_codes + 1), (usage / usage.sum()).tolist(), color="C2" if row["restarts"] else "C3",
+                ls="-" if row["seed"] == rows[0]["seed"] else "--")
+    ax.plot([], [], color="C3", label="no restarts")
+    ax.plot([], [], color="C2", label="restarts")
+    ax.set_yscale("log")
+    ax.set(xlabel="code, most used first", ylabel="share of uses", xlim=(1, n_codes))
+    ax.legend(fontsize="small")
+    return fig
+
+
 # ---- the command ---------------------------------------------------------------------------------
 
 

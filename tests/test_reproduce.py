@@ -84,6 +84,51 @@ def test_recipe_at_smoke_budget_reports_what_the_page_reads(mnist, tmp_path):
     assert results["unseen_digits"] == budget["n_test"] - budget["chosen_on"]
 
 
+def test_iwae_and_vampprior_at_smoke_budget_pair_each_gain_with_the_first_model(mnist, tmp_path):
+    reproduce.main(["iwae", "vampprior", "--smoke", "--threads", "1", "--mnist", str(mnist), "--out", str(tmp_path)])
+    for name, key in (("iwae", "by_k"), ("vampprior", "by_prior")):
+        budget = reproduce.EXPERIMENTS[name].smoke
+        rows = json.loads((tmp_path / f"{name}.json").read_text())["results"][key]
+        assert rows[0]["gain"] == rows[0]["gain_se"] == 0  # the first model is the baseline
+        for row in rows:
+            # the paired gain is the difference of the means (up to the records' rounding to 0.001)
+            assert row["gain"] == pytest.approx(row["log_px"] - rows[0]["log_px"], abs=2e-3)
+            assert row["n_test"] == budget["n_test"] and row["iw_samples"] == budget["iw_samples"]
+            assert 0 <= row["active_units"] <= row["latent_dim"] == budget["z_dim"]
+            assert -784 * math.log(2) * 1.5 < row["test_elbo"] < 0 and row["log_px_se"] > 0
+    rows = json.loads((tmp_path / "iwae.json").read_text())["results"]["by_k"]
+    assert [(row["k"], row["objective"]) for row in rows] == [(k, "elbo" if k == 1 else "iwae") for k in reproduce.EXPERIMENTS["iwae"].smoke["ks"]]
+    assert [row["prior"] for row in json.loads((tmp_path / "vampprior.json").read_text())["results"]["by_prior"]] == ["standard", "vampprior"]
+
+
+def test_paired_gain_is_the_mean_difference_with_its_standard_error():
+    lp, baseline = torch.tensor([-90.0, -85.5, -101.25, -88.0]), torch.tensor([-91.0, -85.0, -103.25, -88.5])
+    differences = [1.0, -0.5, 2.0, 0.5]  # by hand
+    mean = sum(differences) / 4
+    se = math.sqrt(sum((d - mean) ** 2 for d in differences) / 3 / 4)
+    assert reproduce.paired_gain(lp, baseline) == {"gain": round(mean, 3), "gain_se": round(se, 3)}
+
+
+def test_vqvae_at_smoke_budget_counts_the_codes_the_page_reads(mnist, tmp_path):
+    reproduce.main(["vqvae", "--smoke", "--threads", "1", "--mnist", str(mnist), "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "vqvae.json").read_text())["results"]
+    budget = reproduce.EXPERIMENTS["vqvae"].smoke
+    runs = results["runs"]
+    assert [(run["restarts"], run["seed"]) for run in runs] == [(r, s) for r in (False, True) for s in range(budget["seeds"])]
+    for run in runs:
+        usage = run["usage_sorted"]
+        assert len(usage) == budget["n_codes"] and usage == sorted(usage, reverse=True)
+        assert sum(usage) == budget["n_train"] * budget["n_latents"]  # every position of every training digit chooses one code
+        assert run["dead_codes"] == usage.count(0)
+        assert 1 <= run["perplexity"] <= budget["n_codes"] - run["dead_codes"] + 1e-6
+        assert run["test_bound"] < run["test_reconstruction"] < 0  # log p(c) < 0 for a prior over more than one code
+        assert run["prior"] in ("independent", "Markov") and run["smoothing"] in (0.1, 0.5, 2.0)
+    assert results["code_bits"] == pytest.approx(budget["n_latents"] * math.log2(budget["n_codes"]), abs=1e-3)
+    for key in ("test_digits", "no_restarts", "restarts"):
+        images = torch.tensor(results["reconstructions"][key])
+        assert images.shape == (8, 784) and 0 <= images.min() and images.max() <= 1
+
+
 def test_race_keeps_one_snapshot_per_mark_passed_and_the_final_weights():
     torch.manual_seed(0)
     x = torch.rand(64, 12)
