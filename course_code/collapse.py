@@ -94,6 +94,7 @@ def aggressive_fit(
     lr: float = 1e-3,
     max_inner_steps: int = 100,
     window: int = 10,
+    max_aggressive_epochs: int | None = None,
     seed: int = 0,
     track: bool = True,
     callback: Callback | None = None,
@@ -110,6 +111,8 @@ def aggressive_fit(
     aggressive mode and ``inner_steps`` the mean number of encoder steps per decoder step. ``callback(epoch,
     model)`` runs without gradients before training (epoch 0) and after every epoch; it must not
     draw from torch's global random generator. The same seed gives bit-for-bit the same run.
+    ``max_aggressive_epochs`` bounds the time in aggressive mode: after that many aggressive epochs
+    the mode ends even if the MI is still rising (a time budget; Algorithm 1 itself has none).
     """
     training.check_training_data(model, x, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     training.check_data("x_val", model, x_val)
@@ -117,6 +120,8 @@ def aggressive_fit(
         raise ValueError(f"x_val needs at least two points (for MI and active units), got {len(x_val)}")
     arguments.integer("max_inner_steps", max_inner_steps)
     arguments.integer("window", window)
+    if max_aggressive_epochs is not None:
+        arguments.integer("max_aggressive_epochs", max_aggressive_epochs)
     if callback is not None:
         arguments.function("callback", callback)
     torch.manual_seed(seed)
@@ -158,6 +163,8 @@ def aggressive_fit(
         record["aggressive"] = float(was_aggressive)
         record["inner_steps"] = inner / updates
         if aggressive and record["mi"] < previous_mi:  # MI stopped rising: back to basic training for good
+            aggressive = False
+        if aggressive and max_aggressive_epochs is not None and epoch >= max_aggressive_epochs:
             aggressive = False
         previous_mi = record.get("mi", previous_mi)
         for key, value in record.items():

@@ -821,6 +821,200 @@ def vqvae_figure(rows: list[dict], examples: dict, n_codes: int):
     return fig
 
 
+# ---- Part I's inference questions at full scale -----------------------------------------------------
+
+
+@experiment(
+    "collapse",
+    "Posterior collapse under an autoregressive decoder, standard against aggressive training (He et al.): 784-500-32, MADE decoder",
+    full=dict(z_dim=32, hidden=[500], decoder_hidden=[500], epochs=20, max_aggressive_epochs=3, n_train=None, n_val=1_000,
+              n_test=1_000, iw_samples=1_000),
+    smoke=dict(z_dim=8, hidden=[50], decoder_hidden=[50], epochs=2, max_aggressive_epochs=1, n_train=2_000, n_val=500,
+               n_test=50, iw_samples=50),
+    reference={
+        "claim": "with an autoregressive decoder, standard VAE training leaves the latent code nearly unused; training the "
+        "encoder aggressively until the mutual information stops rising uses more of it (KL, MI, active units) at an "
+        "equal or better log-likelihood",
+        "source": "He et al. (2019), table 2 (Omniglot, PixelCNN decoder, 32-dimensional z, mean of 5 seeds): "
+        "VAE NLL 89.41, KL 1.51, MI 1.43, AU 3.0; aggressive NLL 89.05, KL 2.51, MI 2.19, AU 5.6",
+        "nll": {"standard": 89.41, "aggressive": 89.05},
+        "kl": {"standard": 1.51, "aggressive": 2.51},
+        "mi": {"standard": 1.43, "aggressive": 2.19},
+        "au": {"standard": 3.0, "aggressive": 5.6},
+    },
+)
+def lagging(budget: dict, seed: int, mnist: Path | None):
+    """A VAE with the MADE decoder of chapter 6, trained by the standard update and by He et al.'s
+    Algorithm 1 (``collapse.aggressive_fit``) from the same initial weights and data order. The training
+    digits are binarized once (the algorithm trains on fixed data); the last ``n_val`` of them decide when
+    the aggressive mode ends and are measured after every epoch; the test digits give the final numbers (the KL
+    and the MI, whose estimate compares every pair of digits, on the first ``n_test`` of them)."""
+    from course_code import collapse
+
+    binary = load_mnist(mnist, "dynamic", seed)
+    x_all = torch.bernoulli(binary.x_train, generator=torch.Generator().manual_seed(seed))
+    x_train, x_val = subset(x_all[: -budget["n_val"]], budget["n_train"]), x_all[-budget["n_val"]:]
+    rows, per_digit = [], {}
+    for arm in ("standard", "aggressive"):
+        torch.manual_seed(seed)
+        model = models.VAE(x_train.shape[1], budget["z_dim"], budget["hidden"], likelihood="autoregressive",
+                           decoder_hidden=budget["decoder_hidden"])
+        start = time.perf_counter()
+
+        def show(epoch: int, model: torch.nn.Module) -> None:
+            if epoch:
+                print(f"collapse {arm}: epoch {epoch}/{budget['epochs']}, {time.perf_counter() - start:.0f} s", flush=True)
+
+        history = collapse.aggressive_fit(model, x_train, x_val, aggressive=arm == "aggressive", epochs=budget["epochs"],
+                                          max_aggressive_epochs=budget["max_aggressive_epochs"], seed=seed, callback=show,
+                                          progress=False)
+        model.requires_grad_(False)
+        scores, per_digit[arm] = score_model(model, binary.x_test, budget["n_test"], budget["iw_samples"], seed)
+        latent = collapse.latent_diagnostics(model, binary.x_test[: budget["n_test"]], torch.Generator().manual_seed(seed))
+        aggressive_epochs = int(sum(history["aggressive"]))
+        rows.append({
+            "arm": arm, **scores, **paired_gain(per_digit[arm], per_digit["standard"]),
+            "nll": round(-scores["log_px"], 3), "kl": round(latent["kl"], 3), "mi": round(latent["mi"], 3),
+            "aggressive_epochs": aggressive_epochs,
+            "inner_steps": round(sum(history["inner_steps"][:aggressive_epochs]) / max(aggressive_epochs, 1), 1),
+            "train_time_s": round(history["time"][-1], 1),
+            "history": {key: [round(v, 3) for v in history[key]] for key in ("val_elbo", "val_kl", "mi", "au", "aggressive", "time")},
+        })
+        print(f"collapse: {arm}: NLL {rows[-1]['nll']:.2f}, KL {rows[-1]['kl']:.2f}, MI {rows[-1]['mi']:.2f}, "
+              f"{scores['active_units']} active units, {aggressive_epochs} aggressive epochs", flush=True)
+    return {"by_arm": rows}, collapse_figure(rows)
+
+
+def collapse_figure(rows: list[dict]):
+    """The mutual information on the validation digits after every epoch, and the test KL, MI and active units."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(4.6, 3.2), width_ratios=[3, 2], layout="constrained")
+    colors = {"standard": "C0", "aggressive": "C3"}
+    for row in rows:
+        mi, aggressive = row["history"]["mi"], row["history"]["aggressive"]
+        epochs = range(1, len(mi) + 1)
+        ax.plot(epochs, mi, "-", color=colors[row["arm"]], label=row["arm"])
+        marked = [(e, v) for e, v, a in zip(epochs, mi, aggressive) if a]
+        if marked:
+            ax.plot(*zip(*marked), "o", color=colors[row["arm"]], ms=5, label="aggressive epochs")
+    ax.set(xlabel="epoch", ylabel="MI on validation digits (nats)", title="I_q(x; z) during training")
+    ax.legend(loc="lower right", fontsize="small")
+    width = 0.38
+    for i, row in enumerate(rows):
+        offset = (i - 0.5) * width
+        bars.bar([0 + offset, 1 + offset], [row["kl"], row["mi"]], width, color=colors[row["arm"]])
+    bars.set_xticks([0, 1], ["KL", "MI"])
+    bars.set(ylabel="nats (test digits)", title="The code's use")
+    return fig
+
+
+def local_elbo(model: models.VAE, x: torch.Tensor, params: list[torch.Tensor], eps: torch.Tensor) -> torch.Tensor:
+    """The ELBO of each row of ``x`` under the q that ``params`` = (μ, log σ²) or (μ, log σ², h) set, its mean over
+    the standard-normal draws ``eps`` of shape (K, B, d): h is the flow's context (the encoder's last hidden layer)."""
+    from course_code.distributions import log_normal
+
+    mu, logvar = params[:2]
+    z = mu + torch.exp(0.5 * logvar) * eps
+    log_q = log_normal(z, mu, logvar)
+    if model.flow is not None:
+        z, log_det = model.flow(z, params[2].expand(len(eps), *params[2].shape))
+        log_q = log_q - log_det
+    return (model.log_likelihood(x, z) + model.log_prior(z) - log_q).mean(0)
+
+
+def inference_gaps(model: models.VAE, x: torch.Tensor, budget: dict, seed: int) -> dict[str, torch.Tensor]:
+    """log p(x), L[q*] and L[q_φ] of every row of ``x`` (Cremer et al., 2018). q* is the best q of the model's own
+    family found per digit: Adam on its parameters (with a flow, also the context h) from the encoder's, on the ELBO at
+    ``local_draws`` fixed draws, each digit keeping the best parameters it visits. L[q*] and L[q_φ] are then taken
+    at the same ``fresh_draws`` new draws, so the fixed draws' luck does not enter them."""
+    model.requires_grad_(False)
+    with torch.no_grad():
+        h = model.encoder.body(x)
+        amortized = [*model.encoder.head(h).chunk(2, dim=-1), h][: 3 if model.flow is not None else 2]
+    eps = torch.randn(budget["local_draws"], *amortized[0].shape, generator=torch.Generator().manual_seed(seed + 1), dtype=x.dtype)
+    free = [p.clone().requires_grad_(True) for p in amortized]
+    best, kept = local_elbo(model, x, free, eps).detach(), [p.clone() for p in amortized]
+    optimizer = torch.optim.Adam(free, lr=budget["local_lr"])
+    for step in range(budget["local_steps"]):
+        value = local_elbo(model, x, free, eps)
+        with torch.no_grad():
+            better = value > best
+            best = torch.where(better, value, best)
+            for p, q in zip(kept, free):
+                p[better] = q[better]
+        optimizer.zero_grad(set_to_none=True)
+        (-value.sum()).backward()
+        optimizer.step()
+    fresh = torch.randn(budget["fresh_draws"], *amortized[0].shape, generator=torch.Generator().manual_seed(seed + 2), dtype=x.dtype)
+    with torch.no_grad():
+        elbo_best = torch.stack([local_elbo(model, x, kept, chunk) * len(chunk) for chunk in fresh.split(100)]).sum(0) / len(fresh)
+        elbo_amortized = torch.stack([local_elbo(model, x, amortized, chunk) * len(chunk) for chunk in fresh.split(100)]).sum(0) / len(fresh)
+    log_px = training.log_px(model, x, n_samples=budget["iw_samples"], seed=seed)
+    return {"log_px": log_px, "elbo_best": elbo_best, "elbo_amortized": elbo_amortized}
+
+
+@experiment(
+    "gaps",
+    "The approximation and amortization gaps of a diagonal-Gaussian and a flow posterior (Cremer et al.): 784-200-200-50 tanh",
+    full=dict(hidden=[200, 200], z_dim=50, flow_steps=2, flow_hidden=[100], epochs=30, n_train=None, n_test=500,
+              iw_samples=5_000, local_draws=16, local_steps=500, local_lr=0.05, fresh_draws=1_000),
+    smoke=dict(hidden=[50], z_dim=10, flow_steps=2, flow_hidden=[20], epochs=1, n_train=2_000, n_test=20,
+               iw_samples=50, local_draws=4, local_steps=5, local_lr=0.05, fresh_draws=200),
+    reference={
+        "claim": "the amortization gap is often the larger part of the inference gap, and a flow posterior reduces the "
+        "approximation gap and can reduce the amortization gap as well",
+        "source": "Cremer, Li & Duvenaud (2018), section 5 and table 2 (MNIST, a factorized Gaussian against a flow q)",
+    },
+)
+def gaps(budget: dict, seed: int, mnist: Path | None):
+    """A VAE with the encoder's diagonal Gaussian q and the same VAE with an IAF after it (chapter 8), trained alike
+    on dynamically binarized MNIST; for each, on the first ``n_test`` test digits, log p(x), L[q*] and L[q_φ]
+    (:func:`inference_gaps`) and the two gaps with standard errors over digits (``inference.gap_summary``)."""
+    from course_code import flows, inference
+
+    binary = load_mnist(mnist, "dynamic", seed)
+    x_train, x_test = subset(binary.x_train, budget["n_train"]), binary.x_test[: budget["n_test"]]
+    rows = []
+    for family in ("diagonal", "flow"):
+        torch.manual_seed(seed + 1)  # the flow's own draw, so that encoder and decoder start alike in both models
+        flow = flows.IAF(budget["z_dim"], budget["flow_steps"], budget["hidden"][-1], budget["flow_hidden"]) if family == "flow" else None
+        torch.manual_seed(seed)
+        model = models.VAE(x_train.shape[1], budget["z_dim"], budget["hidden"], activation="tanh", flow=flow)
+        history = fit_printing(f"gaps {family}", model, x_train, epochs=budget["epochs"], seed=seed)
+        start = time.perf_counter()
+        terms = inference_gaps(model, x_test, budget, seed)
+        summary = inference.gap_summary(terms["log_px"], terms["elbo_best"], terms["elbo_amortized"])
+        row = {"family": family, "train_elbo": round(history["elbo"][-1], 3), "train_time_s": round(history["time"][-1], 1),
+               "gap_time_s": round(time.perf_counter() - start, 1), "n_test": len(x_test)}
+        for key, values in terms.items():
+            row[key] = round(values.mean().item(), 3)
+            row[f"{key}_se"] = round(values.std().item() / math.sqrt(len(values)), 3)
+        for i, key in enumerate(("approximation_gap", "amortization_gap", "inference_gap")):
+            row[key], row[f"{key}_se"] = round(summary[i, 0].item(), 3), round(summary[i, 1].item(), 3)
+        rows.append(row)
+        print(f"gaps: {family}: log p(x) {row['log_px']:.2f}, approximation gap {row['approximation_gap']:.2f}, "
+              f"amortization gap {row['amortization_gap']:.2f}", flush=True)
+    return {"by_family": rows}, gaps_figure(rows)
+
+
+def gaps_figure(rows: list[dict]):
+    """Each family's inference gap split into its approximation and amortization parts (stacked bars)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.0), layout="constrained")
+    names = [row["family"] for row in rows]
+    approximation = [row["approximation_gap"] for row in rows]
+    amortization = [row["amortization_gap"] for row in rows]
+    ax.bar(names, approximation, 0.5, color="C0", label="approximation gap")
+    ax.bar(names, amortization, 0.5, bottom=approximation, color="C1", label="amortization gap")
+    ax.errorbar(names, [row["inference_gap"] for row in rows], yerr=[2 * row["inference_gap_se"] for row in rows],
+                fmt="none", color="k", capsize=4)
+    ax.set(xlabel="q of the trained model", ylabel="nats per image", title="log p(x) − L[q_φ], split in two")
+    ax.legend(fontsize="small")
+    return fig
+
+
 # ---- the command ---------------------------------------------------------------------------------
 
 

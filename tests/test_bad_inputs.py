@@ -206,6 +206,7 @@ CASES = [
     ("kl-per-dim-1d", lambda t: diagnostics.kl_per_dim(torch.zeros(8), torch.zeros(8)), ValueError, r"mu must have 2 dimension\(s\) \(N, d\)"),
     # ---- collapse
     ("aggressive-one-held-out", lambda t: collapse.aggressive_fit(models.VAE(16, 1, (8,)), X, X[:1], epochs=1), ValueError, "x_val needs at least two points"),
+    ("aggressive-zero-epoch-budget", lambda t: collapse.aggressive_fit(models.VAE(16, 1, (8,)), X, X, max_aggressive_epochs=0), ValueError, "max_aggressive_epochs must be at least 1"),
     ("aggressive-zero-inner-steps", lambda t: collapse.aggressive_fit(models.VAE(16, 1, (8,)), X, X, max_inner_steps=0), ValueError, "max_inner_steps must be at least 1"),
     ("aggressive-float-epochs", lambda t: collapse.aggressive_fit(models.VAE(16, 1, (8,)), X, X, epochs=2.5), TypeError, "epochs must be an integer"),
     ("table-unknown-column", lambda t: collapse.table({}, columns=("elbo",)), ValueError, r"unknown columns \['elbo'\]"),

@@ -88,6 +88,15 @@ def test_aggressive_mode_is_switched_off_when_the_mutual_information_stops_risin
     assert all(s >= 2 for s in history["inner_steps"][:3])
 
 
+def test_aggressive_mode_ends_after_its_epoch_budget_while_the_mutual_information_still_rises(monkeypatch):
+    mi = iter([0.5, 1.0, 2.0, 3.0, 4.0])  # rising throughout: only the budget can end the aggressive mode
+    monkeypatch.setattr(collapse, "latent_diagnostics", lambda model, x, generator=None: {"kl": 1.0, "mi": next(mi), "au": 1.0})
+    history = collapse.aggressive_fit(tiny_vae(), tiny_data(), tiny_data(32, 1), epochs=5, batch_size=48, max_inner_steps=4,
+                                      window=2, max_aggressive_epochs=2)
+    assert history["aggressive"] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert history["inner_steps"][2:] == [0.0, 0.0, 0.0]
+
+
 def test_history_measures_kl_mi_and_active_units_on_the_validation_data():
     x, x_val = tiny_data(), tiny_data(64, seed=1)
     model = tiny_vae()
