@@ -158,6 +158,69 @@ def test_the_cli_preset_is_the_recipe_the_experiment_races():
     assert train.PRESETS["best"]["minutes"] == reproduce.EXPERIMENTS["recipe"].full["minutes"]
 
 
+def test_collapse_at_smoke_budget_trains_both_arms_from_one_start_and_reports_what_the_page_reads(mnist, tmp_path):
+    reproduce.main(["collapse", "--smoke", "--threads", "1", "--mnist", str(mnist), "--out", str(tmp_path)])
+    budget = reproduce.EXPERIMENTS["collapse"].smoke
+    rows = json.loads((tmp_path / "collapse.json").read_text())["results"]["by_arm"]
+    assert [row["arm"] for row in rows] == ["standard", "aggressive"]
+    standard, aggressive = rows
+    assert standard["aggressive_epochs"] == 0 and standard["inner_steps"] == 0
+    assert 1 <= aggressive["aggressive_epochs"] <= budget["max_aggressive_epochs"]
+    assert aggressive["inner_steps"] >= 2  # the inner loop compares two windows of 10 steps before it can stop
+    assert aggressive["history"]["aggressive"][: aggressive["aggressive_epochs"]] == [1.0] * aggressive["aggressive_epochs"]
+    for row in rows:
+        assert all(len(values) == budget["epochs"] for values in row["history"].values())
+        assert row["nll"] == pytest.approx(-row["log_px"], abs=1e-3)
+        assert row["gain"] == pytest.approx(row["log_px"] - standard["log_px"], abs=2e-3)
+        assert 0 <= row["active_units"] <= row["latent_dim"] == budget["z_dim"]
+        assert row["mi"] <= row["kl"] + 0.05  # I_q(x; z) <= E[KL], up to the estimate's noise, on the same digits
+        assert 0 <= row["mi"] <= math.log(budget["n_test"]) + 1e-6  # and never above log N for N digits
+
+
+def test_gaps_at_smoke_budget_split_each_inference_gap_into_its_two_parts(mnist, tmp_path):
+    reproduce.main(["gaps", "--smoke", "--threads", "1", "--mnist", str(mnist), "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "gaps.json").read_text())["results"]["by_family"]
+    assert [row["family"] for row in rows] == ["diagonal", "flow"]
+    for row in rows:
+        assert row["n_test"] == reproduce.EXPERIMENTS["gaps"].smoke["n_test"]
+        assert row["approximation_gap"] == pytest.approx(row["log_px"] - row["elbo_best"], abs=2e-3)
+        assert row["amortization_gap"] == pytest.approx(row["elbo_best"] - row["elbo_amortized"], abs=2e-3)
+        assert row["inference_gap"] == pytest.approx(row["approximation_gap"] + row["amortization_gap"], abs=2e-3)
+
+
+def tiny_vae(flow: bool):
+    from course_code import flows, models
+
+    torch.manual_seed(0)
+    iaf = flows.IAF(3, 2, 8, [6]) if flow else None
+    return models.VAE(12, 3, [8], flow=iaf).double().requires_grad_(False)
+
+
+@pytest.mark.parametrize("flow", [False, True], ids=["diagonal", "flow"])
+def test_local_elbo_at_the_encoders_parameters_is_the_models_own_elbo_at_the_same_draws(flow):
+    model = tiny_vae(flow)
+    x = torch.bernoulli(torch.full((5, 12), 0.4, dtype=torch.float64), generator=torch.Generator().manual_seed(1))
+    h = model.encoder.body(x)
+    params = [*model.encoder.head(h).chunk(2, dim=-1), h][: 3 if flow else 2]
+    eps = torch.randn(7, 5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    own = model.log_weights(x, 7, generator=torch.Generator().manual_seed(2)).mean(0)  # log p(x, z) - log q(z | x), drawn by the model
+    assert torch.allclose(reproduce.local_elbo(model, x, params, eps), own, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("flow", [False, True], ids=["diagonal", "flow"])
+def test_inference_gaps_without_local_steps_find_no_amortization_gap_and_with_them_a_better_q(flow):
+    model = tiny_vae(flow)
+    x = torch.bernoulli(torch.full((6, 12), 0.3, dtype=torch.float64), generator=torch.Generator().manual_seed(3))
+    budget = dict(local_draws=16, local_steps=0, local_lr=0.05, fresh_draws=500, iw_samples=20)
+    terms = reproduce.inference_gaps(model, x, budget, seed=0)
+    assert torch.equal(terms["elbo_best"], terms["elbo_amortized"])  # q* is the encoder's q: the same q at the same draws
+    assert terms["log_px"].shape == (6,)
+    budget["local_steps"] = 50
+    climbed = reproduce.inference_gaps(model, x, budget, seed=0)
+    assert torch.equal(climbed["elbo_amortized"], terms["elbo_amortized"])  # the encoder's q is untouched by the climb
+    assert climbed["elbo_best"].mean() > terms["elbo_amortized"].mean()  # an untrained encoder leaves much to gain
+
+
 @pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
 def test_committed_results_follow_the_schema(path):
     record = reproduce.check_record(json.loads(path.read_text()))
