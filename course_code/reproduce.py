@@ -1013,14 +1013,56 @@ def gaps_figure(rows: list[dict]):
 # ---- Part III: labels -------------------------------------------------------------------------------
 
 
+LABEL_ARMS = ("labels alone", "conditional VAE", "M1 features", "M1 + M2")
+
+
+def bayes_predict(cvae, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """The class with the largest bound L(x | y) for each row of ``x``: a conditional VAE as a classifier by Bayes' rule
+    with a uniform p(y) (chapter 12's exercise). A digit's ten bounds share their ``n_samples`` draws of z."""
+    from course_code import semisupervised
+
+    predictions = []
+    with torch.no_grad():
+        for chunk in x.split(1000):
+            eps = torch.randn(n_samples, len(chunk), cvae.z_dim, generator=generator, dtype=chunk.dtype)
+            bounds = [cvae.elbo(chunk, semisupervised.one_hot(torch.full((len(chunk),), c), cvae.n_classes, chunk.dtype), eps).elbo
+                      for c in range(cvae.n_classes)]
+            predictions.append(torch.stack(bounds).argmax(0))
+    return torch.cat(predictions)
+
+
+def conditional_fit(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, budget: dict, seed: int):
+    """A conditional VAE trained on the labelled digits alone, checked by :func:`bayes_predict` (one draw) on the
+    validation digits every ``cvae_check`` epochs and kept at its best check. Returns it and that accuracy and epoch."""
+    import copy
+
+    from course_code import semisupervised
+
+    torch.manual_seed(seed)
+    cvae = semisupervised.ConditionalVAE(x.shape[1], 10, budget["cvae_z"], budget["cvae_hidden"])
+    best = {"accuracy": -1.0, "epoch": 0, "state": None}
+
+    def check(epoch: int, record: dict) -> None:
+        if epoch % budget["cvae_check"] == 0:
+            accuracy = (bayes_predict(cvae, x_val, 1, torch.Generator().manual_seed(seed)) == y_val).double().mean().item()
+            if accuracy > best["accuracy"]:
+                best.update(accuracy=accuracy, epoch=epoch, state=copy.deepcopy(cvae.state_dict()))
+
+    training.fit(cvae, semisupervised.rows(x, y), epochs=budget["cvae_epochs"], batch_size=100, lr=budget["classifier_lr"],
+                 seed=seed, progress=False, on_epoch=check)
+    cvae.load_state_dict(best["state"])
+    return cvae.requires_grad_(False), best["accuracy"], best["epoch"]
+
+
 @experiment(
     "labels",
-    "Classifying MNIST from 100 labels (Kingma et al., 2014): the labels alone, M1's features, and M1 + M2",
+    "Classifying MNIST from 100 labels (Kingma et al., 2014): the labels alone, a conditional VAE, M1's features, and M1 + M2",
     full=dict(per_class=10, n_val=10_000, n_train=None, m1_hidden=[500, 500], m1_z=50, m1_epochs=20, classifier_hidden=[500],
-              classifier_epochs=300, classifier_lr=3e-3, m2_hidden=[300], m2_z=50, m2_alpha=0.1, m2_repeats=500,
+              classifier_epochs=300, classifier_lr=3e-3, cvae_z=2, cvae_hidden=[500], cvae_epochs=200, cvae_check=10,
+              cvae_samples=10, m2_hidden=[300], m2_z=50, m2_alpha=0.1, m2_repeats=500,
               m2_epochs=30, seeds=3),
     smoke=dict(per_class=2, n_val=500, n_train=2_000, m1_hidden=[50], m1_z=8, m1_epochs=1, classifier_hidden=[20],
-               classifier_epochs=3, classifier_lr=3e-3, m2_hidden=[20], m2_z=4, m2_alpha=0.1, m2_repeats=5, m2_epochs=1,
+               classifier_epochs=3, classifier_lr=3e-3, cvae_z=2, cvae_hidden=[20], cvae_epochs=4, cvae_check=2, cvae_samples=2, m2_hidden=[20], m2_z=4, m2_alpha=0.1, m2_repeats=5, m2_epochs=1,
                seeds=2),
     reference={
         "claim": "with 100 labelled MNIST digits and the rest unlabelled, a classifier inside M2 on the features of a VAE "
@@ -1033,8 +1075,9 @@ def gaps_figure(rows: list[dict]):
 def labels(budget: dict, seed: int, mnist: Path | None):
     """One VAE (M1, Kingma et al.'s first model) is trained on the training digits before the last ``n_val``, their
     labels unused; its encoder's means are the features. Then, for each of ``seeds`` draws of ``per_class``
-    labelled digits per class (and of the initial weights): the classifier network on the labelled pixels alone,
-    the same network on their features, and M2 on the features (a Gaussian decoder; the labelled rows repeated
+    labelled digits per class (and of the initial weights): the classifier network on the labelled pixels alone, a
+    conditional VAE on them used as a classifier by Bayes' rule (:func:`conditional_fit`), the classifier network on
+    their features, and M2 on the features (a Gaussian decoder; the labelled rows repeated
     ``m2_repeats`` times among the unlabelled ones, so that a minibatch holds some). Every arm keeps the epoch of
     its best accuracy on the last ``n_val`` training digits, and is scored on the 10,000 test digits."""
     from course_code import semisupervised as ss
@@ -1062,6 +1105,10 @@ def labels(budget: dict, seed: int, mnist: Path | None):
                                           epochs=budget["classifier_epochs"], lr=budget["classifier_lr"], seed=s, progress=False)
             row[arm] = {"test_accuracy": round(ss.accuracy(classifier, test, binary.y_test), 4),
                         "val_accuracy": round(max(history["val_accuracy"]), 4), "best_epoch": history["best_epoch"][0]}
+        cvae, accuracy, epoch = conditional_fit(x_train[chosen], y_train[chosen], x_val, y_val, budget, s)
+        predicted = bayes_predict(cvae, binary.x_test, budget["cvae_samples"], torch.Generator().manual_seed(s))
+        row["conditional VAE"] = {"test_accuracy": round((predicted == binary.y_test).double().mean().item(), 4),
+                                  "val_accuracy": round(accuracy, 4), "best_epoch": epoch}
         torch.manual_seed(s)
         m2 = ss.M2(budget["m1_z"], 10, budget["m2_z"], budget["m2_hidden"], classifier_hidden=budget["classifier_hidden"],
                    likelihood="gaussian", alpha=budget["m2_alpha"])
@@ -1075,7 +1122,7 @@ def labels(budget: dict, seed: int, mnist: Path | None):
                           "val_curve": [round(v, 4) for v in history["val_accuracy"]], "train_time_s": round(history["time"][-1], 1)}
         runs.append(row)
         print(f"labels: seed {s}: test accuracy " + ", ".join(f"{arm} {row[arm]['test_accuracy']:.4f}"
-                                                              for arm in ("labels alone", "M1 features", "M1 + M2")), flush=True)
+                                                              for arm in LABEL_ARMS), flush=True)
     return {"runs": runs, "m1_train_elbo": round(m1_history["elbo"][-1], 3), "m1_train_time_s": round(m1_history["time"][-1], 1)}, labels_figure(runs)
 
 
@@ -1083,12 +1130,12 @@ def labels_figure(runs: list[dict]):
     """Test error of each arm and seed, and M1 + M2's validation accuracy after every epoch."""
     import matplotlib.pyplot as plt
 
-    arms = ("labels alone", "M1 features", "M1 + M2")
+    arms = LABEL_ARMS
     fig, (ax, curve) = plt.subplots(1, 2, figsize=(4.6, 3.2), width_ratios=[1, 1], layout="constrained")
     for i, arm in enumerate(arms):
         errors = [100 * (1 - run[arm]["test_accuracy"]) for run in runs]
         ax.plot([i] * len(errors), errors, "o", color=f"C{i}", ms=6)
-    ax.set_xticks(range(len(arms)), ["alone", "M1", "M1+M2"])
+    ax.set_xticks(range(len(arms)), ["alone", "CVAE", "M1", "M1+M2"])
     ax.set(ylabel="test error (%)", ylim=(0, None), title="100 labels")
     for run in runs:
         values = run["M1 + M2"]["val_curve"]

@@ -188,6 +188,55 @@ def test_gaps_at_smoke_budget_split_each_inference_gap_into_its_two_parts(mnist,
         assert row["inference_gap"] == pytest.approx(row["approximation_gap"] + row["amortization_gap"], abs=2e-3)
 
 
+def test_labels_at_smoke_budget_scores_every_arm_of_every_labelled_draw(mnist, tmp_path):
+    reproduce.main(["labels", "--smoke", "--threads", "1", "--mnist", str(mnist), "--out", str(tmp_path)])
+    budget = reproduce.EXPERIMENTS["labels"].smoke
+    runs = json.loads((tmp_path / "labels.json").read_text())["results"]["runs"]
+    assert [run["seed"] for run in runs] == list(range(budget["seeds"]))
+    for run in runs:
+        assert run["labelled"] == 10 * budget["per_class"]
+        assert set(run) == {"seed", "labelled", *reproduce.LABEL_ARMS}
+        assert run["conditional VAE"]["best_epoch"] % budget["cvae_check"] == 0  # only the checked epochs can be kept
+        for arm, epochs in (("labels alone", budget["classifier_epochs"]), ("M1 features", budget["classifier_epochs"]),
+                            ("conditional VAE", budget["cvae_epochs"]), ("M1 + M2", budget["m2_epochs"])):
+            assert 0 <= run[arm]["test_accuracy"] <= 1 and 0 <= run[arm]["val_accuracy"] <= 1
+            assert 1 <= run[arm]["best_epoch"] <= epochs
+        curve = run["M1 + M2"]["val_curve"]
+        assert len(curve) == budget["m2_epochs"] and run["M1 + M2"]["val_accuracy"] == max(curve)
+        assert curve.index(max(curve)) + 1 == run["M1 + M2"]["best_epoch"]  # the earliest epoch with the best accuracy
+
+
+def test_the_labelled_draws_differ_and_hold_each_class_equally():
+    from course_code import semisupervised
+
+    y = torch.arange(10).repeat(30)
+    draws = [semisupervised.labelled_subset(y, 3, seed=s) for s in range(3)]
+    assert all(torch.bincount(y[d], minlength=10).tolist() == [3] * 10 for d in draws)
+    assert len({tuple(sorted(d.tolist())) for d in draws}) == 3
+
+
+def test_bayes_predict_picks_the_class_of_the_largest_bound_each_digit_drawn_with_shared_noise():
+    from course_code import semisupervised
+
+    torch.manual_seed(0)
+    cvae = semisupervised.ConditionalVAE(12, 3, 2, [8]).double().requires_grad_(False)
+    x = torch.bernoulli(torch.full((7, 12), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(1))
+    predicted = reproduce.bayes_predict(cvae, x, 5, torch.Generator().manual_seed(2))
+    eps = torch.randn(5, 7, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)  # the same draws, by hand
+    expected = []
+    for b in range(7):
+        bounds = []
+        for c in range(3):
+            y = torch.zeros(1, 3, dtype=torch.float64)
+            y[0, c] = 1
+            mu, logvar = cvae.encode(x[b : b + 1], y)
+            z = mu + torch.exp(0.5 * logvar) * eps[:, b : b + 1]
+            rec = cvae.log_likelihood(x[b : b + 1], y, z).mean()
+            kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum()
+            bounds.append((rec - kl).item())
+        expected.append(max(range(3), key=bounds.__getitem__))
+    assert predicted.tolist() == expected
+
 def tiny_vae(flow: bool):
     from course_code import flows, models
 
