@@ -237,6 +237,7 @@ def test_bayes_predict_picks_the_class_of_the_largest_bound_each_digit_drawn_wit
         expected.append(max(range(3), key=bounds.__getitem__))
     assert predicted.tolist() == expected
 
+
 def tiny_vae(flow: bool):
     from course_code import flows, models
 
